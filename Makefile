@@ -1,0 +1,45 @@
+# Quick start:  `make train` (the main job)   `make test` (the full test suite)
+# Both create ./.venv on first use and install minillm with its dev extras into it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ARGS ?=
+
+.PHONY: install demo train test test-gpu notebooks sync lab clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first: without a GPU take the CPU build (a bare `pip install torch` fetches several GB of CUDA libraries).
+$(VENV)/.installed: $(PY) setup.py settings.ini
+	@$(PY) -c "import torch" 2>/dev/null || { \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install "torch>=2.6"; \
+	  else $(PIP) install "torch>=2.6" --index-url https://download.pytorch.org/whl/cpu || $(PIP) install "torch>=2.6"; fi; }
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/minillm demo $(ARGS)
+
+train: install
+	$(VENV)/bin/minillm train $(ARGS)
+
+test: install
+	$(PY) -m pytest -n 2 $(ARGS)
+
+test-gpu: install
+	$(PY) -m pytest -m gpu $(ARGS)
+
+# export notebooks to the package, clean them, regenerate README.md; CI fails if this changes anything
+sync: install
+	$(VENV)/bin/nbdev_export
+	$(VENV)/bin/nbdev_clean
+	$(PY) .ci/readme.py
+
+lab: install
+	$(VENV)/bin/jupyter lab nbs
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
