@@ -7,10 +7,9 @@ cfg = ConfigParser(delimiters=["="])
 cfg.read("settings.ini", encoding="utf-8")
 cfg = cfg["DEFAULT"]
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expression
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 py_versions = ["3.10", "3.11", "3.12", "3.13"]
-lic = licenses[cfg["license"]]
 min_python = cfg["min_python"]
 
 
@@ -28,7 +27,7 @@ setuptools.setup(
     description=cfg["description"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    license=lic[0],
+    license=licenses[cfg["license"]],
     author=cfg["author"],
     author_email=cfg["author_email"],
     url=cfg["git_url"],
@@ -36,7 +35,6 @@ setuptools.setup(
     classifiers=[
         "Development Status :: " + statuses[int(cfg["status"])],
         "Intended Audience :: " + cfg["audience"].title(),
-        "License :: " + lic[1],
         "Natural Language :: " + cfg["language"].title(),
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ]
