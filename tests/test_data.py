@@ -196,6 +196,11 @@ def test_rerun_reuses_and_refuses_other_recipes(tmp_path):
     _, other = make(tmp_path, eos=False, overwrite=True)
     assert other["eos"] is False and (out / "manifest.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    (out / other["splits"]["train"]["shards"][0]["file"]).unlink()
+    with pytest.raises(ValueError, match="incomplete copy of these tokens"):
+        make(tmp_path, eos=False)
+    _, repaired = make(tmp_path, eos=False, overwrite=True)
+    assert repaired == other
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("mine")
@@ -393,6 +398,8 @@ def test_loader_bad_inputs(dataset):
         D.Loader(dataset, 16, 8, 2, rank=2, world_size=2)
     with pytest.raises(ValueError, match="micro_batch=0 must be a positive integer"):
         D.Loader(dataset, 16, 8, 0)
+    with pytest.raises(ValueError, match="seed=-1 must be a non-negative integer"):
+        D.Loader(dataset, 16, 8, 2, seed=-1)
 
 
 def test_mixture_weights_respected(tmp_path):
@@ -636,3 +643,22 @@ def test_prepare_mixture_reuses_folders(tmp_path):
     assert again.identity == mix.identity
     with pytest.raises(ValueError, match="is a mixture of 2 sources"):
         D.prepare("tinyllama", tok, tmp_path / "x")
+
+
+class NoBosTok(ByteTok):
+    "A tokenizer without a BOS token (some have none)."
+
+    def __init__(self):
+        super().__init__()
+        self.bos_id = None
+
+
+def test_tokenizer_without_bos_and_broken_text(tmp_path):
+    with pytest.raises(ValueError, match="bos=True, but the tokenizer has no BOS token: pass bos=False"):
+        make(tmp_path, tok=NoBosTok())
+    out, m = make(tmp_path, tok=NoBosTok(), bos=False, name="nobos")
+    assert m["tokenizer"]["bos_id"] is None
+    # a lone surrogate has no UTF-8 bytes: it is tokenized (and counted) as '?'
+    out, m = make(tmp_path, ["ok \ud800 text"], val_fraction=0.0, min_val_documents=0, name="surrogate")
+    assert shard_tokens(out, m, "train").tolist() == framed(["ok ? text"], ByteTok())
+    assert m["bytes"] == len("ok ? text")
