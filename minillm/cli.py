@@ -32,7 +32,8 @@ def cmd_info(args) -> int:
 # %% ../nbs/90_cli.ipynb #9cffed66
 def _train_overrides(args) -> dict:
     "TrainConfig fields given on the command line."
-    names = dict(out="out_dir", max_steps="max_steps", time_limit="time_limit", lr="lr", min_lr="min_lr",
+    names = dict(parallel="parallel", activation_checkpointing="activation_checkpointing", peak_tflops="peak_tflops",
+                 out="out_dir", max_steps="max_steps", time_limit="time_limit", lr="lr", min_lr="min_lr",
                  warmup="warmup", batch="global_batch", micro_batch="micro_batch", seq_len="seq_len", device="device",
                  seed="seed", dtype="dtype", eval_every="eval_every", save_every="save_every", tokenizer="tokenizer",
                  prompt="sample_prompt")
@@ -65,11 +66,23 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from minillm.distributed import Preemption, destroy_distributed, init_distributed
+
     cfg = LlamaConfig.from_name(args.preset)
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
-    print(f"minillm train: {cfg.name} model ({cfg.n_params:,} parameters) → {tcfg.out_dir}; data: {', '.join(tcfg.data)}"
-          + (f"; time limit {tcfg.time_limit:.0f} s" if tcfg.time_limit else ""), flush=True)
-    res = train_run(cfg, tcfg, resume=args.resume, progress=not args.no_progress, start_time=start)
+    env = init_distributed(None if tcfg.device == "auto" else tcfg.device)  # under torchrun: join the others
+    try:
+        if env.is_main:
+            print(f"minillm train: {cfg.name} model ({cfg.n_params:,} parameters) → {tcfg.out_dir}; data: "
+                  f"{', '.join(tcfg.data)}" + (f"; time limit {tcfg.time_limit:.0f} s" if tcfg.time_limit else "")
+                  + (f"; {env.world_size} processes" if env.world_size > 1 else ""), flush=True)
+        res = train_run(cfg, tcfg, resume=args.resume, progress=not args.no_progress, start_time=start)
+    except BaseException:
+        destroy_distributed(env, wait=False)
+        raise
+    destroy_distributed(env)
+    if not env.is_main:
+        return 0
     print(f"\ndone: {res.step} steps ({res.stopped_by.replace('_', ' ')}), {res.tokens:,} tokens, "
           f"{time.time() - start:.0f} s in all")
     if res.val_bpb is not None:
@@ -77,6 +90,9 @@ def cmd_train(args) -> int:
     print(f"checkpoint: {res.checkpoint}\nmetrics: {res.metrics} (curves: {res.metrics.parent / 'loss.png'})")
     if res.sample is not None:
         print(f"\nsample:\n{res.sample}")
+    if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
+        print("requeued: the Slurm job will resume from this checkpoint" if Preemption.requeue()
+              else "stopped by SIGTERM: continue with the same command and --resume")
     return 0
 
 # %% ../nbs/90_cli.ipynb #f58614b6
@@ -132,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, float32 elsewhere")
     s.add_argument("--compile", choices=["on", "off"], help="torch.compile the model (default: on CUDA only)")
     s.add_argument("--seed", type=int)
+    s.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"],
+                   help="with several processes (torchrun): fsdp (default) shards, ddp replicates")
+    s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing",
+                   choices=["none", "selective", "full"], help="recompute activations in the backward pass (default: none)")
+    s.add_argument("--peak-tflops", type=float, metavar="TFLOPS", help="peak bf16 TFLOP/s of one GPU, for MFU "
+                   "(default: from the GPU's name)")
     s.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: all cores)")
     s.add_argument("--tensorboard", action="store_true", help="also log to DIR/tensorboard")
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")

@@ -98,6 +98,9 @@ class TrainConfig:
     time_limit: float | None = None  # seconds for the whole run, from `start_time`; stops in time to evaluate and save
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, float32 elsewhere), "float32", "bfloat16"
+    parallel: str = "auto"  # "auto" (FSDP2 with more than one process), "fsdp", "ddp" or "none": see 12_distributed
+    activation_checkpointing: str = "none"  # "none", "selective" (recompute elementwise ops) or "full" (whole blocks)
+    peak_tflops: float | None = None  # peak bf16 TFLOP/s of one GPU for the MFU column (None: from the GPU's name)
     compile: bool | None = None  # torch.compile the model; None: on CUDA only (on a CPU it costs more than it saves)
     sample_tokens: int = 200  # tokens sampled at the end of the run (0: none)
     sample_prompt: str = ""
@@ -135,6 +138,12 @@ class TrainConfig:
         _check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         _check(self.compile in (None, True, False), f"compile={self.compile!r} must be True, False or None (auto)")
+        _check(self.parallel in ("auto", "none", "ddp", "fsdp"),
+               f"parallel={self.parallel!r} is not one of auto, none, ddp, fsdp")
+        _check(self.activation_checkpointing in ("none", "selective", "full"),
+               f"activation_checkpointing={self.activation_checkpointing!r} is not one of none, selective, full")
+        _check(self.peak_tflops is None or (_is_num(self.peak_tflops) and self.peak_tflops > 0),
+               f"peak_tflops={self.peak_tflops!r} must be a positive number (or None)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
@@ -225,6 +234,12 @@ def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn
     model is made: a distributed run replaces this function to shard or wrap it; the loop only calls the result."""
     from minillm.model import Llama
 
+    if dist_info()[1] > 1 or tcfg.parallel in ("ddp", "fsdp") or tcfg.activation_checkpointing != "none":
+        from minillm.distributed import build_model as build_parallel, current_env
+
+        precision = "bf16" if autocast_dtype(device, tcfg.dtype) == torch.bfloat16 else "fp32"
+        return build_parallel(cfg, current_env(device), tcfg.parallel, tcfg.activation_checkpointing, precision,
+                              tcfg.seed, compile=use_compile(tcfg, device))
     torch.manual_seed(tcfg.seed)
     with torch.device(device):
         model = Llama(cfg)
@@ -403,7 +418,9 @@ class Checkpoint:
             self.train_config = TrainConfig.from_dict(self._json("train_config.json"))
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint {self.path} is corrupt: {e}") from None
-        for name in ("model.safetensors", "optimizer.pt", "rng.pt"):
+        self.sharded = self.state.get("weights") == "sharded"  # saved by several processes at once (12_distributed)
+        needed = (".metadata", "optimizer_groups.json") if self.sharded else ("model.safetensors", "optimizer.pt")
+        for name in needed + ("rng.pt",):
             if not (self.path / name).is_file():
                 raise ValueError(f"checkpoint {self.path} is incomplete: {name} is missing")
 
@@ -426,6 +443,11 @@ class Checkpoint:
         "Load the weights into `model` (unwrapped first), checking every tensor's name and shape."
         from safetensors import SafetensorError
         from safetensors.torch import load_model
+
+        if self.sharded:
+            from minillm.distributed import load_sharded
+
+            return load_sharded(self.path, unwrap(model))
 
         try:
             missing, unexpected = load_model(unwrap(model), str(self.path / "model.safetensors"), strict=False,
@@ -489,7 +511,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.eval(), tok, ckpt
 
 # %% ../nbs/09_train.ipynb #f2f149c7
-METRICS_COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+METRICS_COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu",
+                   "peak_mem_gib", "elapsed_s")
 
 class MetricsLog:
     "Rows of `metrics.csv`; resuming at `resume_step` keeps the rows up to that step and appends after them."
@@ -645,6 +668,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     is saved in every checkpoint and used for the closing sample. `resume=True` continues from the latest
     checkpoint in `tcfg.out_dir`, bit-exactly. `start_time` (a `time.time()`) is where `time_limit` counts from.
     `stop_at` ends this invocation after that step (evaluating and saving) as if interrupted, the schedule unchanged."""
+    from minillm.distributed import Preemption, agree, grad_sync, load_checkpoint, save_checkpoint_sharded
+    from minillm.pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
+
     start_time = time.time() if start_time is None else start_time
     t_begin = time.perf_counter() - (time.time() - start_time)  # the same instant on the monotonic clock
     run_dir = Path(tcfg.out_dir)
@@ -686,11 +712,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                     planned_max_steps=tcfg.max_steps, fitted=False)
     step, tokens_seen, last_val = 0, 0, dict(loss=None, bpb=None)
     if ckpt is not None:
-        ckpt.load_model(model, device)
-        try:
-            optimizer.load_state_dict(ckpt.optimizer_state(device))
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ValueError(f"cannot resume from {ckpt.path}: its optimizer state does not fit this model ({e})") from None
+        if ckpt.sharded or world > 1:  # saved by N processes, loaded by M: see 12_distributed
+            load_checkpoint(ckpt, model, optimizer, device)
+        else:
+            ckpt.load_model(model, device)
+            try:
+                optimizer.load_state_dict(ckpt.optimizer_state(device))
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ValueError(f"cannot resume from {ckpt.path}: its optimizer state does not fit this model ({e})") from None
         loader.load_state_dict(ckpt.state["loader"])
         step, tokens_seen = ckpt.step, int(ckpt.state.get("tokens", 0))
         last_val = ckpt.state.get("val", last_val)
@@ -713,6 +742,10 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         else (lambda msg: None)
     if ckpt is not None:
         say(f"resuming from {ckpt.path} at step {step}")
+    peak, peak_source = peak_tflops(override=tcfg.peak_tflops) if tcfg.peak_tflops or device.type == "cuda" else (None, "")
+    flops_per_token = cfg.flops_per_token(seq_len)
+    if peak is not None:
+        say(f"{MFU_CONVENTION}; peak {peak:.0f} TFLOP/s per GPU ({peak_source})")
 
     tokens_per_step = tcfg.global_batch * seq_len
     times = dict(eval=None, save=None)
@@ -737,21 +770,23 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         say(f"step {at}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
     def save(at: int) -> Path | None:
-        if not main_process:
-            return None
         t = time.perf_counter()
         state = dict(schedule=schedule, loader=loader.state_dict(), tokens=tokens_seen, val=dict(last_val),
                      tokenizer=_tokenizer_record(tokenizer), world_size=world, n_params=unwrap(model).num_params(),
                      saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        path = save_checkpoint(run_dir, at, model, optimizer, state, cfg, tcfg, tokenizer)
+        if world > 1:  # every process writes its own shards
+            path = save_checkpoint_sharded(run_dir, at, model, optimizer, state, cfg, tcfg, tokenizer)
+        else:
+            path = save_checkpoint(run_dir, at, model, optimizer, state, cfg, tcfg, tokenizer)
         times["save"] = time.perf_counter() - t
-        return path
+        return path if main_process else None
 
     last_saved = ckpt.path if ckpt is not None else None
     last_saved_step = step if ckpt is not None else None
     last_loss, stopped_by = None, "max_steps"
     last_eval_step = step if ckpt is not None else None
     window_tokens, window_time = 0, 0.0
+    preempt = Preemption().install()  # SIGTERM (preemption, a job's time limit): save at the next step and stop
     try:
         if step == 0 and tcfg.eval_every > 0:
             run_eval(0)
@@ -762,9 +797,11 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         while step < min(schedule["max_steps"], stop_at if stop_at is not None else math.inf):
             # --- the time limit: fit the schedule once, then stop when the next step would eat the reserve
             if tcfg.time_limit is not None and step_times:
-                per_step = float(np.median(step_times[-20:]))
+                # every process decides from the same numbers: the slowest step time, the least time left
+                per_step, left = agree([float(np.median(step_times[-20:])), -remaining()])
+                left = -left
                 if not schedule["fitted"] and len(step_times) >= 20:
-                    fit = step + int((remaining() - reserve()) / per_step * 0.97)
+                    fit = step + int((left - reserve()) / per_step * 0.97)
                     schedule["fitted"] = True
                     if fit < schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
@@ -775,7 +812,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                             bar.total = schedule["max_steps"]; bar.refresh()
                         if step >= schedule["max_steps"]:
                             break
-                if remaining() < per_step + reserve():
+                if left < per_step + reserve():
                     stopped_by = "time_limit"
                     say(f"time limit: stopping at step {step} to leave time for evaluation and saving")
                     break
@@ -784,10 +821,11 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for x, y in loader.micro_batches(step):
-                with ctx:
-                    loss = model(x, targets=y)
-                (loss / loader.accum).backward()
+            for i, (x, y) in enumerate(loader.micro_batches(step)):
+                with grad_sync(model, i == loader.accum - 1):  # several processes: exchange gradients once per step
+                    with ctx:
+                        loss = model(x, targets=y)
+                    (loss / loader.accum).backward()
                 loss_sum += loss.detach()
             loss_global = global_mean(loss_sum / loader.accum).item()
             params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -816,9 +854,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
             do_eval = (tcfg.eval_every > 0 and step % tcfg.eval_every == 0) or is_last
             if do_eval:
                 run_eval(step)
-            if main_process and (step % tcfg.log_every == 0 or do_eval or step == 1):
+            log_now = step % tcfg.log_every == 0 or do_eval or step == 1
+            # every process's peak memory, averaged (a collective, so computed on all of them)
+            peak_mem = global_mean(torch.tensor(peak_memory_gib(device), device=device)).item() if log_now else None
+            if main_process and log_now:
                 row = dict(step=step, loss=round(loss_global, 6), lr=f"{lr:.6g}", grad_norm=round(grad_norm, 4),
                            tokens=tokens_seen, tokens_per_s=round(window_tokens / max(window_time, 1e-9)),
+                           mfu=mfu(window_tokens / max(window_time, 1e-9) / world, flops_per_token, peak),
+                           peak_mem_gib=round(peak_mem, 3),
                            elapsed_s=f"{time.perf_counter() - t_begin:.2f}")
                 if do_eval:
                     row.update(val_loss=round(last_val["loss"], 6), val_bpb=round(last_val["bpb"], 6))
@@ -831,10 +874,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                                 tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
             if tcfg.save_every > 0 and step % tcfg.save_every == 0 and not is_last:
                 last_saved, last_saved_step = save(step), step
+            if preempt.requested(device):
+                stopped_by = "preempted"
+                say(f"{preempt.received or 'SIGTERM on another process'}: saving at step {step} and stopping")
+                break
         # --- the end: evaluate (unless this step just did), save, draw, sample
         if stop_at is not None and step >= stop_at and step < schedule["max_steps"]:
             stopped_by = "stop_at"
-        if last_eval_step != step:
+        if last_eval_step != step and stopped_by != "preempted":  # preempted: only the checkpoint, quickly
             run_eval(step)
             if metrics:
                 metrics.write(step=step, val_loss=round(last_val["loss"], 6),
@@ -843,6 +890,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         if last_saved_step != step:
             last_saved, last_saved_step = save(step), step
     finally:
+        preempt.uninstall()
         if bar is not None:
             bar.close()
         if metrics is not None:
@@ -855,8 +903,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
             plot_metrics(run_dir / "metrics.csv", run_dir / "loss.png", title=f"{cfg.name}: {unwrap(model).num_params():,} parameters")
         except Exception as e:  # a picture is never worth losing a run over
             say(f"could not draw loss.png: {e}")
-        if tokenizer is not None and tcfg.sample_tokens > 0:
-            sample = _sample(model, tokenizer, tcfg.sample_prompt, tcfg.sample_tokens, tcfg.seed, device)
+    if tokenizer is not None and tcfg.sample_tokens > 0 and stopped_by != "preempted":
+        # every process samples: with sharded weights each forward pass needs all of them
+        sample = _sample(model, tokenizer, tcfg.sample_prompt, tcfg.sample_tokens, tcfg.seed, device)
     return TrainResult(step=step, loss=last_loss, val_loss=last_val["loss"], val_bpb=last_val["bpb"], tokens=tokens_seen,
                        elapsed=time.perf_counter() - t_begin, stopped_by=stopped_by, checkpoint=last_saved,
                        metrics=run_dir / "metrics.csv" if main_process else None, sample=sample)
@@ -966,8 +1015,13 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     The tokenizer and token shards are cached in `out_dir/data/`."""
     from minillm.tokenizer import Tokenizer
 
+    from minillm.distributed import barrier, current_env
+
     start_time = time.time() if start_time is None else start_time
     cache = Path(tcfg.out_dir) / "data"
+    env = current_env(resolve_device(tcfg.device))
+    if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first; the others then find them cached
+        barrier(env)
     if resume:
         tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
     elif tcfg.tokenizer is not None:
@@ -979,5 +1033,7 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}: "
                          f"token ids would fall outside the embedding")
-    data = prepare_data(tcfg.data, tokenizer, cache, progress=progress)
+    data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
+    if env.rank == 0 and env.world_size > 1:
+        barrier(env)
     return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time)
