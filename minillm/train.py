@@ -1006,9 +1006,9 @@ def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, p
 
 # %% ../nbs/09_train.ipynb #b522035f
 def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, progress: bool = True,
-              verbose: bool = True, start_time: float | None = None) -> TrainResult:
+              verbose: bool = True, start_time: float | None = None, stop_at: int | None = None) -> TrainResult:
     """The whole job behind `minillm train`: tokenizer (given, resumed, cached or trained), data, then `train`.
-    The tokenizer and token shards are cached in `out_dir/data/`."""
+    The tokenizer and token shards are cached in `out_dir/data/`. `stop_at` is passed on to `train`."""
     from minillm.tokenizer import Tokenizer
 
     from minillm.distributed import barrier, current_env
@@ -1032,4 +1032,5 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
     if env.rank == 0 and env.world_size > 1:
         barrier(env)
-    return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time)
+    return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time,
+                 stop_at=stop_at)
