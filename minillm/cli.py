@@ -88,6 +88,10 @@ def cmd_train(args) -> int:
     if res.val_bpb is not None:
         print(f"val loss {res.val_loss:.4f} nats/token, val bpb {res.val_bpb:.4f} bits/byte")
     print(f"checkpoint: {res.checkpoint}\nmetrics: {res.metrics} (curves: {res.metrics.parent / 'loss.png'})")
+    from minillm.pretrain import throughput_summary
+
+    if (line := throughput_summary(res.metrics, cfg, tcfg, env.world_size)) is not None:
+        print(f"throughput, last logged steps: {line}")
     if res.sample is not None:
         print(f"\nsample:\n{res.sample}")
     if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
