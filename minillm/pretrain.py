@@ -128,25 +128,32 @@ def plot_speed_ladder(path: str | Path = SPEED_LADDER, ax=None):
         print(f"no measurements yet: run `PYTHONPATH=. python benchmarks/mfu.py` on a GPU to write {path}")
         return None
     report = json.loads(path.read_text())
-    rows = [r for r in report.get("results", []) if "tokens_per_s" in r]
-    if not rows:
+    rows = report.get("results", [])
+    if not any("tokens_per_s" in r for r in rows):
         print(f"{path} holds no successful measurement")
         return None
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
-    names = [r["name"] for r in rows]
-    values = [r["tokens_per_s"] / 1000 for r in rows]
-    ax.barh(names, values, color="tab:blue")
+        _, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    values = [r.get("tokens_per_s", 0) / 1000 for r in rows]
+    top = max(values)
+    ax.barh([r["name"] for r in rows], values, color="tab:blue")
     for i, r in enumerate(rows):
-        label = f" {r['tokens_per_s']:,.0f} tok/s"
-        if r.get("mfu") is not None:
-            label += f" · MFU {100 * r['mfu']:.0f}%"
-        label += f" · micro-batch {r['micro_batch']}"
+        if "tokens_per_s" in r:
+            label = f" {r['tokens_per_s']:,.0f} tok/s" + (f" · MFU {100 * r['mfu']:.0f}%" if r.get("mfu") is not None else "")
+            label += f" · micro-batch {r['micro_batch']}"
+        else:
+            label = f" did not run: {r.get('error', '?')[:60]}"
         ax.text(values[i], i, label, va="center", fontsize=8)
+    ok = next((r for r in rows if r.get("peak_tflops") and r.get("flops_per_token")), None)
+    if ok is not None:  # where the course's goal, 60% MFU, lies
+        goal = 0.6 * ok["peak_tflops"] * 1e12 / ok["flops_per_token"] / 1000
+        ax.axvline(goal, color="tab:green", ls="--", lw=1)
+        ax.text(goal, len(rows) - 0.45, " 60% MFU", color="tab:green", fontsize=8, va="bottom")
+        top = max(top, goal)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(values) * 1.6)
+    ax.set_xlim(0, top * 1.75)
     ax.set_xlabel("thousand tokens per second (training: forward, backward, AdamW)")
     ax.set_title(f"{report.get('preset', '')} on {report.get('device', '?')}, seq {report.get('seq_len', '?')}, bf16",
                  fontsize=10)
