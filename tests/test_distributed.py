@@ -290,3 +290,68 @@ def test_sigterm_checkpoints_and_requeues(tmp_path):
     model = Llama(ck.config)
     ck.load_model(model)  # loadable by one process
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77"]
+
+
+# ------------------------------------------------------------------------------------------- a real Slurm
+
+
+def slurm_job_state(job: str) -> str:
+    res = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+    m = re.search(r"JobState=(\w+)", res.stdout)
+    return m.group(1) if m else "GONE"
+
+
+@pytest.mark.integration
+def test_slurm_preemption_requeues_and_resumes(tmp_path):
+    """examples/slurm/pretrain.sbatch on a one-node Slurm (set up by examples/slurm/local-cluster.sh: root, apt):
+    2 CPU processes train; a job in the `high` partition preempts them; they checkpoint and requeue; the job
+    restarts, resumes and finishes with the losses of an uninterrupted one-process run."""
+    assert os.geteuid() == 0, "this test installs and starts Slurm: run it as root"
+    subprocess.run(["bash", str(ROOT / "examples/slurm/local-cluster.sh")], check=True, capture_output=True)
+    cpus = os.cpu_count()
+    script = (ROOT / "examples/slurm/pretrain.sbatch").read_text()
+    for old, new in (("--nodes=2", "--nodes=1"), ("#SBATCH --gpus-per-node=8\n", ""), ("--cpus-per-task=32", f"--cpus-per-task={cpus}"),
+                     ("--job-name=minillm", "--job-name=minillm-test\n#SBATCH --partition=low")):
+        assert old in script, old
+        script = script.replace(old, new)
+    job_file = tmp_path / "job.sbatch"
+    job_file.write_text(script)
+    args = ["--max-steps", "300", "--micro-batch", "4", "--eval-every", "100", "--device", "cpu", "--threads", "1"]
+    e = dict(env(), PRESET="debug", NPROC="2", OUT=str(tmp_path / "run"),
+             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    sub = subprocess.run(["sbatch", "--parsable", str(job_file), *args], cwd=tmp_path, env=e, capture_output=True,
+                         text=True, check=True)
+    job = sub.stdout.strip().split(";")[0]
+    log = tmp_path / f"minillm-test-{job}.out"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # training under way
+            m = tmp_path / "run" / "metrics.csv"
+            if m.is_file() and any(int(s) >= 10 for s in metrics(m)):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the job never started training:\n{log.read_text() if log.exists() else ''}")
+        high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", str(cpus), "--wrap", "sleep 15",
+                               "-o", str(tmp_path / "high.out")], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        deadline = time.time() + 600
+        while time.time() < deadline and "done: 300 steps" not in (log.read_text() if log.exists() else ""):
+            time.sleep(2)
+        text = log.read_text()
+        assert "done: 300 steps" in text, text[-4000:]
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    assert slurm_job_state(high) in ("COMPLETED", "GONE")
+    assert "saving at step" in text and "requeued" in text, text[-4000:]
+    assert "(restart 1)" in text and "resuming from" in text, text[-4000:]
+    # the preempted, requeued and resumed run equals one uninterrupted process
+    ref = subprocess.run([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--out", str(tmp_path / "ref"),
+                          *args, "--no-progress"], cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    got, want = metrics(tmp_path / "run/metrics.csv"), metrics(tmp_path / "ref/metrics.csv")
+    assert got.keys() == want.keys()
+    for s in want:
+        for col in ("loss", "val_loss"):
+            if want[s][col]:
+                assert abs(float(got[s][col]) - float(want[s][col])) <= 1e-5, (s, col)
