@@ -662,3 +662,23 @@ def test_tokenizer_without_bos_and_broken_text(tmp_path):
     out, m = make(tmp_path, ["ok \ud800 text"], val_fraction=0.0, min_val_documents=0, name="surrogate")
     assert shard_tokens(out, m, "train").tolist() == framed(["ok ? text"], ByteTok())
     assert m["bytes"] == len("ok ? text")
+
+
+def test_unguarded_script_fails_clearly(tmp_path):
+    "Spawned workers import the main module: a script without a __main__ guard gets a clear error, not a hang."
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from minillm import data as D\n"
+        "from test_data import ByteTok\n"
+        f"D.prepare([f'text {{i}}' for i in range(20)], ByteTok(), {str(tmp_path / 'out')!r}, num_workers=2,\n"
+        "          progress=False, chunk_bytes=20)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode != 0
+    assert "must do so under `if __name__ == '__main__':`" in res.stderr
+    assert not (tmp_path / "out").exists()
