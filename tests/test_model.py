@@ -440,10 +440,11 @@ def test_model_input_errors(toy, call, message):
         call(toy)
 
 
-def test_int32_tokens_accepted(toy):
+def test_int32_tokens_and_targets_accepted(toy):
     tokens = torch.randint(0, 512, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(toy(tokens.int()), toy(tokens))
+        torch.testing.assert_close(toy(tokens.int(), tokens.int()), toy(tokens, tokens))
 
 
 @pytest.mark.parametrize("overrides,message", [
