@@ -150,15 +150,24 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     return cross_entropy_torch(logits, targets, ignore_index)
 
 # %% ../../nbs/11_kernels_cross_entropy.ipynb #c235419d
+_MIXED_ADDMM = True  # does torch.addmm accept bf16 inputs with a float32 output here? (CUDA, recent PyTorch)
+
+
 def _accumulate_dw(dw: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    "`dw + dlogits.T @ h` with `dw` in float32 while the matmul's inputs may be bf16 (in place where the dtypes allow)."
+    "`dw + dlogits.T @ h`, in place, with `dw` in float32 while the matmul's inputs may be bf16."
+    global _MIXED_ADDMM
     if dw.dtype == dlogits.dtype:
         return dw.addmm_(dlogits.T, h)
-    return dw.add_(dlogits.T @ h)  # a bf16 matmul, accumulated across chunks in float32
+    if _MIXED_ADDMM and dw.is_cuda:
+        try:  # the matmul adds into the float32 buffer itself: no bf16 temporary, no extra pass
+            return torch.addmm(dw, dlogits.T, h, out_dtype=dw.dtype, out=dw)
+        except (TypeError, RuntimeError):
+            _MIXED_ADDMM = False
+    return dw.add_(dlogits.T @ h)  # a bf16 matmul, then accumulated in float32
 
 
-def _chunk_rows(n_rows: int, vocab_size: int, target_elems: int = 1 << 26) -> int:
-    "Rows per chunk so that one chunk of logits holds about `target_elems` values (64M: 128 MB in bf16)."
+def _chunk_rows(n_rows: int, vocab_size: int, target_elems: int = 1 << 27) -> int:
+    "Rows per chunk so that one chunk of logits holds about `target_elems` values (128M: 256 MB in bf16)."
     rows = max(256, target_elems // vocab_size // 256 * 256)  # whole multiples of 256 keep the matmuls efficient
     return min(rows, n_rows)
 

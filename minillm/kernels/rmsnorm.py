@@ -189,13 +189,16 @@ def bench_fwd_bwd(name: str, fn, inputs: tuple, warmup: int = 3, iters: int = 20
     cuda = any(t.is_cuda for t in leaves)
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(); step(); end.record(); torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
+    if cuda:  # events around each step, one sync at the end: the GPU runs the steps back to back, as in training
+        torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in events:
+            start.record(); step(); end.record()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        times = []
+        for _ in range(iters):
             t0 = time.perf_counter(); step(); times.append(1000 * (time.perf_counter() - t0))
     peak = None
     if cuda:

@@ -14,29 +14,31 @@ __all__ = ['ROPE_TILE', 'ROPE_WARPS', 'RoPEFunction', 'apply_rope_torch', 'apply
 
 # %% ../../nbs/11_kernels_rope.ipynb #c6901677
 @triton.jit
-def _rope_kernel(x_ptr, cos_ptr, sin_ptr, y_ptr, n_rows, seq_len, n_cols,
-                 x_stride_b, x_stride_t, x_stride_h,
-                 HALF: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)  # token index b·T + t
-    cols = tl.arange(0, BLOCK_COLS)  # (head, pair) flattened: head = c // HALF, pair j = c % HALF
-    head, j = cols // HALF, cols % HALF
+def _rope_kernel(x_ptr, cos_ptr, sin_ptr, y_ptr, n_rows, seq_len, n_heads, x_stride_b, x_stride_t, x_stride_h,
+                 HALF: tl.constexpr, BACKWARD: tl.constexpr,
+                 BLOCK_ROWS: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)  # (R,) token index b·T + t
+    heads = tl.arange(0, BLOCK_HEADS)  # (H,)
+    j = tl.arange(0, BLOCK_HALF)  # (P,) pair index within a head
     b, t = rows // seq_len, rows % seq_len
-    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    x1_ptrs = x_ptr + (b * x_stride_b + t * x_stride_t)[:, None] + (head * x_stride_h + j)[None, :]
+    row_ok, j_ok = rows < n_rows, j < HALF
+    mask = row_ok[:, None, None] & (heads < n_heads)[None, :, None] & j_ok[None, None, :]  # (R, H, P)
+    x1_ptrs = (x_ptr + (b * x_stride_b + t * x_stride_t)[:, None, None] + (heads * x_stride_h)[None, :, None]
+               + j[None, None, :])
     x1 = tl.load(x1_ptrs, mask=mask, other=0.0)
     x2 = tl.load(x1_ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
-    angle = t[:, None] * HALF + j[None, :]
-    cos = tl.load(cos_ptr + angle, mask=mask, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + angle, mask=mask, other=0.0).to(tl.float32)
+    angle_mask = row_ok[:, None] & j_ok[None, :]
+    cos = tl.load(cos_ptr + t[:, None] * HALF + j[None, :], mask=angle_mask, other=0.0).to(tl.float32)[:, None, :]
+    sin = tl.load(sin_ptr + t[:, None] * HALF + j[None, :], mask=angle_mask, other=0.0).to(tl.float32)[:, None, :]
     if BACKWARD:  # the gradient of a rotation is the rotation by the opposite angle
         sin = -sin
     x1f = x1.to(tl.float32)
-    y1_ptrs = y_ptr + (rows * 2 * n_cols)[:, None] + (head * 2 * HALF + j)[None, :]  # y is contiguous
-    tl.store(y1_ptrs, (x1f * cos - x2 * sin).to(y_ptr.dtype.element_ty), mask=mask)
+    y1_ptrs = y_ptr + (rows * n_heads * 2 * HALF)[:, None, None] + (heads * 2 * HALF)[None, :, None] + j[None, None, :]
+    tl.store(y1_ptrs, (x1f * cos - x2 * sin).to(y_ptr.dtype.element_ty), mask=mask)  # y is contiguous
     tl.store(y1_ptrs + HALF, (x2 * cos + x1f * sin).to(y_ptr.dtype.element_ty), mask=mask)
 
 # %% ../../nbs/11_kernels_rope.ipynb #1f6d8889
-ROPE_TILE, ROPE_WARPS = 2048, 4  # (head, pair) columns per program, each loaded for both halves; warps per program
+ROPE_TILE, ROPE_WARPS = 2048, 4  # (token, head, pair) elements per program, each loaded for both halves; warps
 
 
 def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
@@ -45,14 +47,12 @@ def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward
     if x.stride(-1) != 1:
         x = x.contiguous()
     y = torch.empty((B, T, H, D), dtype=x.dtype, device=x.device)
-    n_cols = H * (D // 2)
-    block_cols = next_power_of_2(n_cols)
-    block_rows = max(1, ROPE_TILE // block_cols)  # several tokens per program when the heads are few
-    num_warps = ROPE_WARPS
+    block_heads, block_half = next_power_of_2(H), next_power_of_2(D // 2)
+    block_rows = max(1, ROPE_TILE // (block_heads * block_half))  # several tokens per program when the heads are few
     grid = (triton.cdiv(B * T, block_rows),)
-    _rope_kernel[grid](x, cos, sin, y, B * T, T, n_cols, x.stride(0), x.stride(1), x.stride(2),
-                       HALF=D // 2, BACKWARD=backward, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
-                       num_warps=num_warps)
+    _rope_kernel[grid](x, cos, sin, y, B * T, T, H, x.stride(0), x.stride(1), x.stride(2),
+                       HALF=D // 2, BACKWARD=backward, BLOCK_ROWS=block_rows, BLOCK_HEADS=block_heads,
+                       BLOCK_HALF=block_half, num_warps=ROPE_WARPS)
     return y
 
 # %% ../../nbs/11_kernels_rope.ipynb #d508a8bd
