@@ -225,6 +225,15 @@ def test_linear_cross_entropy_under_autocast():
                  [rand(8, 64), rand(300, 64, scale=0.1)], (0, 1), 5e-2, "LinearCrossEntropyFunctionBackward")
 
 
+def test_int32_targets_like_the_model_loss():
+    h, w = rand(2, 4, 16), rand(50, 16)
+    t = _targets(8, 50, (1,)).view(2, 4)
+    ref = lm_loss(h, w, t)
+    torch.testing.assert_close(linear_cross_entropy(h, w, t.int()), ref)
+    torch.testing.assert_close(linear_cross_entropy_torch(h, w, t.int()), ref)
+    torch.testing.assert_close(cross_entropy(h @ w.T, t.int()), ref)
+
+
 def test_linear_cross_entropy_is_the_model_loss():
     h, w, t = rand(2, 4, 16), rand(50, 16), _targets(8, 50, (1,)).view(2, 4)
     torch.testing.assert_close(linear_cross_entropy(h, w, t), lm_loss(h, w, t))

@@ -139,7 +139,8 @@ class CrossEntropyFunction(torch.autograd.Function):
 # %% ../../nbs/11_kernels_cross_entropy.ipynb #90d54e1a
 def cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     "Eager mean cross-entropy in float32 over the last dimension of `logits`, skipping `ignore_index` targets."
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).long(),
+                           ignore_index=ignore_index)
 
 
 @torch.compiler.disable  # torch.compile calls the kernels as they are (see 11_kernels_switch)
