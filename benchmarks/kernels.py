@@ -183,19 +183,24 @@ def main(argv=None) -> int:
         print(f"\n== training step: {cfg.name} width, {cfg.n_layers} layers, {s['batch']} × {s['seq']} tokens "
               f"(MFU: 6N + 12·L·d·T = {flops / 1e9:.3f} GFLOP/token" + (f", peak {peak / 1e12:.0f} TFLOP/s)" if peak else ")"))
         rows = []
-        combos = [("torch", False), ("triton", False)] + ([("torch", True), ("triton", True)] if compile_ else [])
-        for kernels, comp in combos:
+        combos = [("torch", False, None), ("triton", False, None)]
+        if cuda:  # cuDNN's attention is the fastest SDPA backend on Hopper (see the attention rows)
+            combos.append(("triton", False, "cudnn,flash"))
+        if compile_:
+            combos += [("torch", True, None), ("triton", True, None)]
+        for kernels, comp, attention in combos:
             try:
                 r = bench_train_step(cfg, kernels, comp, batch_size=s["batch"], seq_len=s["seq"], dtype=dtype,
-                                     device=device, warmup=1 if args.smoke else 3, iters=1 if args.smoke else 10)
+                                     device=device, warmup=1 if args.smoke else 3, iters=1 if args.smoke else 10,
+                                     attention=attention)
                 r["mfu"] = r["tokens_per_s"] * flops / peak if peak else None
                 mfu = f"MFU {r['mfu']:6.1%}" if r["mfu"] else ""
                 mem = f"peak {r['peak_mib'] / 1024:6.2f} GiB" if r["peak_mib"] else ""
-                print(f"{r['name']:18} {r['ms']:9.2f} ms/step {r['tokens_per_s']:11.0f} tok/s  {mfu}  {mem}")
+                print(f"{r['name']:34} {r['ms']:9.2f} ms/step {r['tokens_per_s']:11.0f} tok/s  {mfu}  {mem}")
             except Exception as e:
-                r = dict(name=f"{kernels}{' + compile' if comp else ''}", ms=float("nan"),
+                r = dict(name=f"{kernels}{' + compile' if comp else ''}{f' + {attention}' if attention else ''}", ms=float("nan"),
                          error=f"{type(e).__name__}: {str(e)[:300]}")
-                print(f"{r['name']:18} failed: {r['error']}")
+                print(f"{r['name']:34} failed: {r['error']}")
             rows.append(r)
             if cuda:
                 torch.cuda.empty_cache()

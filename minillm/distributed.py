@@ -101,13 +101,19 @@ def current_env(device: str | torch.device | None = None) -> DistEnv:
     return DistEnv(rank, world, _env_int("LOCAL_RANK", 0), device)
 
 # %% ../nbs/12_distributed.ipynb #5abb4624
-def barrier(env: DistEnv | None = None) -> None:
-    "Wait for every process (nothing to wait for in a single process)."
-    if dist.is_available() and dist.is_initialized():
-        if torch.device(env.device if env else "cpu").type == "cuda":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
+def barrier(env: DistEnv | None = None, timeout_s: float | None = None) -> None:
+    """Wait for every process (nothing to wait for in a single process). `timeout_s` allows a longer wait than the
+    process group's own timeout (e.g. while rank 0 tokenizes a dataset): a CPU (gloo) group made for the occasion."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if timeout_s is not None:
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
+    elif torch.device(env.device if env else "cpu").type == "cuda":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
 
 
 def destroy_distributed(env: DistEnv | None = None, wait: bool = True) -> None:

@@ -92,9 +92,9 @@ def peak_memory_gib(device: torch.device | str | None = None) -> float:
 # %% ../nbs/13_pretrain.ipynb #d3fa9e4d
 def describe_throughput(tokens_per_s: float, world_size: int, flops_per_token: float, peak: float | None = None,
                         peak_source: str = "", peak_mem_gib: float | None = None) -> str:
-    "One line for a log: tokens per second (all GPUs and per GPU), MFU with its convention beside it, peak memory."
+    "One line for a log: tokens per second (all processes, and each), MFU with its convention beside it, peak memory."
     per_gpu = tokens_per_s / world_size
-    s = f"{tokens_per_s:,.0f} tokens/s" + (f" ({per_gpu:,.0f} per GPU)" if world_size > 1 else "")
+    s = f"{tokens_per_s:,.0f} tokens/s" + (f" ({per_gpu:,.0f} per process)" if world_size > 1 else "")
     if peak is not None:
         s += (f", MFU {100 * mfu(per_gpu, flops_per_token, peak):.1f}% [6N + 12·L·d·T = "
               f"{flops_per_token / 1e9:.3f} GFLOP/token; peak {peak:.0f} TFLOP/s bf16, {peak_source}]")

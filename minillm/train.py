@@ -42,7 +42,7 @@ TRAIN_PRESETS: dict[str, dict] = {
     # a few CPU minutes on the built-in corpus: `minillm train` with no arguments
     "toy": dict(out_dir="runs/toy", data=("builtin?max_bytes=6000000",), tokenizer_bytes=3_000_000,
                 lr=4e-3, min_lr=4e-4, warmup=60, max_steps=3000, global_batch=16, micro_batch=16,
-                eval_every=200, eval_batches=24, save_every=1000, time_limit=285.0, sample_prompt="def "),
+                eval_every=200, eval_batches=24, save_every=1000, time_limit=270.0, sample_prompt="def "),
     # seconds: tests and debugging
     "debug": dict(out_dir="runs/debug", data=("builtin?max_bytes=300000",), tokenizer_bytes=300_000,
                   lr=3e-3, min_lr=3e-4, warmup=5, max_steps=50, global_batch=8, micro_batch=8, seq_len=64,
@@ -746,6 +746,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     tokens_per_step = tcfg.global_batch * seq_len
     times = dict(eval=None, save=None)
     step_times: list[float] = []
+    fitted_at = step
 
     def remaining() -> float:
         return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
@@ -754,7 +755,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         "Seconds kept for the final evaluation, checkpoint and sample."
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
-        return 1.2 * ev + 1.5 * sv + 0.01 * tcfg.sample_tokens + 1.0
+        return 1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
@@ -796,9 +797,11 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 # every process decides from the same numbers: the slowest step time, the least time left
                 per_step, left = agree([float(np.median(step_times[-20:])), -remaining()])
                 left = -left
-                if not schedule["fitted"] and len(step_times) >= 20:
-                    fit = step + int((left - reserve()) / per_step * 0.97)
-                    schedule["fitted"] = True
+                fit = step + int((left - reserve()) / per_step * 0.97)
+                # fit once after 20 steps; fit again (shorter only) if the machine has slowed down by 10% or more
+                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and
+                                                                         fit < step + 0.9 * (schedule["max_steps"] - step))):
+                    schedule["fitted"], fitted_at = True, step
                     if fit < schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
                             f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
@@ -1016,8 +1019,8 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     start_time = time.time() if start_time is None else start_time
     cache = Path(tcfg.out_dir) / "data"
     env = current_env(resolve_device(tcfg.device))
-    if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first; the others then find them cached
-        barrier(env)
+    if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first (maybe for hours); the others wait
+        barrier(env, timeout_s=24 * 3600)
     if resume:
         tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
     elif tcfg.tokenizer is not None:
@@ -1031,6 +1034,6 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
                          f"token ids would fall outside the embedding")
     data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
     if env.rank == 0 and env.world_size > 1:
-        barrier(env)
+        barrier(env, timeout_s=24 * 3600)
     return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time,
                  stop_at=stop_at)

@@ -22,3 +22,12 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread per test process: pytest-xdist already runs one process per core, and tiny ops slow
+    down by orders of magnitude when two processes each spin two threads on two cores."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -662,3 +662,45 @@ def test_tokenizer_without_bos_and_broken_text(tmp_path):
     out, m = make(tmp_path, ["ok \ud800 text"], val_fraction=0.0, min_val_documents=0, name="surrogate")
     assert shard_tokens(out, m, "train").tolist() == framed(["ok ? text"], ByteTok())
     assert m["bytes"] == len("ok ? text")
+
+
+def test_unguarded_script_fails_clearly(tmp_path):
+    "Spawned workers import the main module: a script without a __main__ guard gets a clear error, not a hang."
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from minillm import data as D\n"
+        "from test_data import ByteTok\n"
+        f"D.prepare([f'text {{i}}' for i in range(20)], ByteTok(), {str(tmp_path / 'out')!r}, num_workers=2,\n"
+        "          progress=False, chunk_bytes=20)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode != 0
+    assert "must do so under `if __name__ == '__main__':`" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_tokenizer_pickled_and_from_file(tmp_path):
+    "The package's Tokenizer: sent pickled to workers, or loaded from its file by each; the same shards either way."
+    from minillm.tokenizer import Tokenizer
+
+    texts = corpus(60)
+    tok = Tokenizer.train(texts, vocab_size=300)
+    path = tok.save(tmp_path / "tok.json")
+    kw = dict(progress=False, val_fraction=0.1, chunk_bytes=400, num_workers=2)
+    pickled = D.prepare(texts, tok, tmp_path / "pickled", name="c", **kw)
+    from_file = D.prepare(texts, str(path), tmp_path / "from_file", name="c", **kw)
+    assert pickled["fingerprint"] == from_file["fingerprint"]
+    assert pickled["tokenizer"] == dict(fingerprint=tok.fingerprint, vocab_size=300, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    split = D.Splitter(0.1, 1)
+    train = [t for t in texts if split(t) == "train"]
+    assert shard_tokens(tmp_path / "pickled", pickled, "train").tolist() == framed(train, tok)
+    ds = D.TokenDataset(tmp_path / "from_file", tokenizer=Tokenizer.load(path), check_ids=True, verify=True)
+    x, y = next(D.Loader(ds, 16, 4, 2, seed=0))[0]
+    assert x.max() < 300 and tok.decode(x[0].tolist())
+    with pytest.raises(ValueError, match="another tokenizer"):
+        D.TokenDataset(tmp_path / "pickled", tokenizer=Tokenizer.train(texts, vocab_size=290))
