@@ -325,8 +325,7 @@ def activation_memory(model: nn.Module, tokens: torch.Tensor, targets: torch.Ten
     import gc
     import weakref
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
+    from torch.utils._python_dispatch import TorchDispatchMode  # the documented home of dispatch modes
 
     class Produced(TorchDispatchMode):
         def __init__(self):
@@ -335,7 +334,9 @@ def activation_memory(model: nn.Module, tokens: torch.Tensor, targets: torch.Ten
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            self.refs += [weakref.ref(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.refs.append(weakref.ref(t))
             return out
 
     held = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}

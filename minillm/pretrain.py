@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import sys
 from pathlib import Path
 
@@ -86,6 +85,8 @@ def peak_memory_gib(device: torch.device | str | None = None) -> float:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource  # Unix only; imported here so the module loads everywhere
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
