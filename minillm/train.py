@@ -221,13 +221,18 @@ def use_compile(tcfg: TrainConfig, device: torch.device) -> bool:
     return tcfg.compile if tcfg.compile is not None else device.type == "cuda"
 
 def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model to train, on `device`, initialized from `tcfg.seed` (compiled if `use_compile`). The one place a
-    model is made: a distributed run replaces this function to shard or wrap it; the loop only calls the result."""
+    """The model to train, on `device`, initialized from `tcfg.seed`, with the kernels `cfg.kernels` picks (Triton on
+    CUDA for 'auto') and compiled if `use_compile`. The one place a model is made: a distributed run replaces this
+    function to shard or wrap it; the loop only calls the result."""
     from minillm.model import Llama
 
     torch.manual_seed(tcfg.seed)
     with torch.device(device):
         model = Llama(cfg)
+    if cfg.kernels == "triton" or (cfg.kernels == "auto" and device.type == "cuda"):
+        from minillm.kernels.switch import apply_kernels
+
+        apply_kernels(model)  # the kernels chapter's Triton RMSNorm, RoPE, SwiGLU and loss
     return torch.compile(model) if use_compile(tcfg, device) else model
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -760,12 +765,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
             # --- the time limit: fit the schedule once, then stop when the next step would eat the reserve
             if tcfg.time_limit is not None and step_times:
                 per_step = float(np.median(step_times[-20:]))
-                fit = step + int((remaining() - reserve()) / per_step * 0.97)
-                # fit once after 20 steps; fit again (shorter only) if the machine has slowed down by 10% or more
-                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and
-                                                                         fit < step + 0.9 * (schedule["max_steps"] - step))):
+                fit = min(step + int((remaining() - reserve()) / per_step * 0.97), schedule["planned_max_steps"])
+                left = schedule["max_steps"] - step
+                # fit after 20 steps; then every 20 steps while the machine's speed changes by 10% or more: in the
+                # first half of the schedule either way, later only shorter (a late rise in learning rate hurts)
+                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
+                        fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
                     schedule["fitted"], fitted_at = True, step
-                    if fit < schedule["max_steps"]:
+                    if fit != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
                             f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
                             f"(was {schedule['max_steps']})")
