@@ -716,7 +716,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         say(f"resuming from {ckpt.path} at step {step}")
 
     tokens_per_step = tcfg.global_batch * seq_len
-    times = dict(eval=None, save=None)
+    times = dict(eval=None, save=None, step_at_eval=None)
     step_times: list[float] = []
     fitted_at = step
 
@@ -724,16 +724,20 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
 
     def reserve() -> float:
-        "Seconds kept for the final evaluation, checkpoint and sample."
+        "Seconds kept for the final evaluation, checkpoint and sample, scaled by how much the machine has slowed since."
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
-        return 1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens + 4.0  # + drawing loss.png
+        slower = 1.0
+        if times["step_at_eval"] and step_times:
+            slower = max(1.0, float(np.median(step_times[-5:])) / times["step_at_eval"])
+        return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
         t = time.perf_counter()
         loss, bpb = evaluate(model, evalset, tcfg.micro_batch, ctx)
         times["eval"] = time.perf_counter() - t
+        times["step_at_eval"] = float(np.median(step_times[-5:])) if step_times else None
         last_val.update(loss=loss, bpb=bpb)
         last_eval_step = at
         say(f"step {at}: val loss {loss:.4f}, val bpb {bpb:.4f}")
