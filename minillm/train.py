@@ -728,8 +728,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
         slower = 1.0
-        if times["step_at_eval"] and step_times:
-            slower = max(1.0, float(np.median(step_times[-5:])) / times["step_at_eval"])
+        ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
+        if ref and step_times:  # step time when the evaluation was timed (or soon after)
+            slower = max(1.0, float(np.median(step_times[-5:])) / ref)
         return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
