@@ -230,8 +230,9 @@ def use_compile(tcfg: TrainConfig, device: torch.device) -> bool:
     return tcfg.compile if tcfg.compile is not None else device.type == "cuda"
 
 def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model to train, on `device`, initialized from `tcfg.seed` (compiled if `use_compile`). The one place a
-    model is made: a distributed run replaces this function to shard or wrap it; the loop only calls the result."""
+    """The model to train, on `device`, initialized from `tcfg.seed`, with the kernels `cfg.kernels` picks (Triton on
+    CUDA for 'auto') and compiled if `use_compile`. The one place a model is made: a distributed run replaces this
+    function to shard or wrap it; the loop only calls the result."""
     from minillm.model import Llama
 
     if dist_info()[1] > 1 or tcfg.parallel in ("ddp", "fsdp") or tcfg.activation_checkpointing != "none":
@@ -243,6 +244,10 @@ def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn
     torch.manual_seed(tcfg.seed)
     with torch.device(device):
         model = Llama(cfg)
+    if cfg.kernels == "triton" or (cfg.kernels == "auto" and device.type == "cuda"):
+        from minillm.kernels.switch import apply_kernels
+
+        apply_kernels(model)  # the kernels chapter's Triton RMSNorm, RoPE, SwiGLU and loss
     return torch.compile(model) if use_compile(tcfg, device) else model
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -744,7 +749,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         say(f"{MFU_CONVENTION}; peak {peak:.0f} TFLOP/s per GPU ({peak_source})")
 
     tokens_per_step = tcfg.global_batch * seq_len
-    times = dict(eval=None, save=None)
+    times = dict(eval=None, save=None, step_at_eval=None)
     step_times: list[float] = []
     fitted_at = step
 
@@ -752,16 +757,21 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
 
     def reserve() -> float:
-        "Seconds kept for the final evaluation, checkpoint and sample."
+        "Seconds kept for the final evaluation, checkpoint and sample, scaled by how much the machine has slowed since."
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
-        return 1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens + 4.0  # + drawing loss.png
+        slower = 1.0
+        ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
+        if ref and step_times:  # step time when the evaluation was timed (or soon after)
+            slower = max(1.0, float(np.median(step_times[-5:])) / ref)
+        return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
         t = time.perf_counter()
         loss, bpb = evaluate(model, evalset, tcfg.micro_batch, ctx)
         times["eval"] = time.perf_counter() - t
+        times["step_at_eval"] = float(np.median(step_times[-5:])) if step_times else None
         last_val.update(loss=loss, bpb=bpb)
         last_eval_step = at
         say(f"step {at}: val loss {loss:.4f}, val bpb {bpb:.4f}")
@@ -797,12 +807,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 # every process decides from the same numbers: the slowest step time, the least time left
                 per_step, left = agree([float(np.median(step_times[-20:])), -remaining()])
                 left = -left
-                fit = step + int((left - reserve()) / per_step * 0.97)
-                # fit once after 20 steps; fit again (shorter only) if the machine has slowed down by 10% or more
-                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and
-                                                                         fit < step + 0.9 * (schedule["max_steps"] - step))):
+                fit = min(step + int((left - reserve()) / per_step * 0.97), schedule["planned_max_steps"])
+                left = schedule["max_steps"] - step
+                # fit after 20 steps; then every 20 steps while the machine's speed changes by 10% or more: in the
+                # first half of the schedule either way, later only shorter (a late rise in learning rate hurts)
+                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
+                        fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
                     schedule["fitted"], fitted_at = True, step
-                    if fit < schedule["max_steps"]:
+                    if fit != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
                             f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
                             f"(was {schedule['max_steps']})")
