@@ -207,11 +207,23 @@ def measure(args) -> dict:
             if i < 0:
                 raise SystemExit(f"{args.one}: even micro-batch 1 does not fit")
         micro = ok[i]
-    x, y = batch(micro)
-    t_warm = time.perf_counter()
-    for i in range(args.warmup):
-        micro_step(x, y, (i + 1) % args.accum == 0)
-    sync(device)
+    while True:  # the search can leave memory fragmented: step down if the warmup does not fit after all
+        try:
+            x, y = batch(micro)
+            t_warm = time.perf_counter()
+            for i in range(args.warmup):
+                micro_step(x, y, (i + 1) % args.accum == 0)
+            sync(device)
+            break
+        except torch.OutOfMemoryError:
+            smaller = [b for b in MICRO_BATCHES if b < micro]
+            if args.micro_batch or not smaller:
+                raise
+            micro = smaller[-1]
+            x = y = None
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
     warmup_s = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -264,8 +276,9 @@ def run_one(name: str, args, micro_batch: int | None, timeout: float) -> dict:
         return dict(name=name, error=f"did not finish within {timeout:.0f} s")
     lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
     if res.returncode != 0 or not lines:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-8:]
-        return dict(name=name, error=f"exit code {res.returncode}: " + " | ".join(tail)[-1500:])
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        last = next((l.strip() for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
+        return dict(name=name, error=f"exit code {res.returncode}: {last[:300]}")
     out = json.loads(lines[-1][len("RESULT "):])
     out["wall_s"] = round(time.perf_counter() - t, 1)
     return out
