@@ -402,6 +402,8 @@ def test_bad_special_tokens(corpus):
         Tokenizer.train(corpus, 300, special_tokens=("<s>", ""))
     with pytest.raises(ValueError, match=r"bos='<bos>' is not one of the special tokens \('<s>', '</s>'\)"):
         Tokenizer.train(corpus, 300, bos="<bos>")
+    with pytest.raises(ValueError, match=r"special_tokens='<s>' must be a sequence of strings"):
+        Tokenizer.train(corpus, 300, special_tokens="<s>")
 
 
 def test_decode_out_of_range(bpe, sp):
