@@ -94,7 +94,7 @@ def cmd_generate(args) -> int:
     print(args.prompt + text)
     return 0
 
-# %% ../nbs/90_cli.ipynb #f4a27d5f
+# %% ../nbs/90_cli.ipynb #65d3ade9
 def cmd_export(args) -> int:
     "Export a checkpoint and its tokenizer to a Hugging Face directory or a GGUF file."
     from minillm.export import export, export_summary
@@ -107,7 +107,7 @@ def cmd_export(args) -> int:
     print(export_summary(out))
     return 0
 
-# %% ../nbs/90_cli.ipynb #65d3ade9
+# %% ../nbs/90_cli.ipynb #f4a27d5f
 def build_parser() -> argparse.ArgumentParser:
     "The `minillm` argument parser: one subparser per subcommand."
     from minillm.config import PRESETS

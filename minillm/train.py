@@ -42,7 +42,7 @@ TRAIN_PRESETS: dict[str, dict] = {
     # a few CPU minutes on the built-in corpus: `minillm train` with no arguments
     "toy": dict(out_dir="runs/toy", data=("builtin?max_bytes=6000000",), tokenizer_bytes=3_000_000,
                 lr=4e-3, min_lr=4e-4, warmup=60, max_steps=3000, global_batch=16, micro_batch=16,
-                eval_every=200, eval_batches=24, save_every=1000, time_limit=285.0, sample_prompt="def "),
+                eval_every=200, eval_batches=24, save_every=1000, time_limit=270.0, sample_prompt="def "),
     # seconds: tests and debugging
     "debug": dict(out_dir="runs/debug", data=("builtin?max_bytes=300000",), tokenizer_bytes=300_000,
                   lr=3e-3, min_lr=3e-4, warmup=5, max_steps=50, global_batch=8, micro_batch=8, seq_len=64,
@@ -221,13 +221,18 @@ def use_compile(tcfg: TrainConfig, device: torch.device) -> bool:
     return tcfg.compile if tcfg.compile is not None else device.type == "cuda"
 
 def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model to train, on `device`, initialized from `tcfg.seed` (compiled if `use_compile`). The one place a
-    model is made: a distributed run replaces this function to shard or wrap it; the loop only calls the result."""
+    """The model to train, on `device`, initialized from `tcfg.seed`, with the kernels `cfg.kernels` picks (Triton on
+    CUDA for 'auto') and compiled if `use_compile`. The one place a model is made: a distributed run replaces this
+    function to shard or wrap it; the loop only calls the result."""
     from minillm.model import Llama
 
     torch.manual_seed(tcfg.seed)
     with torch.device(device):
         model = Llama(cfg)
+    if cfg.kernels == "triton" or (cfg.kernels == "auto" and device.type == "cuda"):
+        from minillm.kernels.switch import apply_kernels
+
+        apply_kernels(model)  # the kernels chapter's Triton RMSNorm, RoPE, SwiGLU and loss
     return torch.compile(model) if use_compile(tcfg, device) else model
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -713,6 +718,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     tokens_per_step = tcfg.global_batch * seq_len
     times = dict(eval=None, save=None)
     step_times: list[float] = []
+    fitted_at = step
 
     def remaining() -> float:
         return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
@@ -721,7 +727,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         "Seconds kept for the final evaluation, checkpoint and sample."
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
-        return 1.2 * ev + 1.5 * sv + 0.01 * tcfg.sample_tokens + 1.0
+        return 1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
@@ -759,10 +765,14 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
             # --- the time limit: fit the schedule once, then stop when the next step would eat the reserve
             if tcfg.time_limit is not None and step_times:
                 per_step = float(np.median(step_times[-20:]))
-                if not schedule["fitted"] and len(step_times) >= 20:
-                    fit = step + int((remaining() - reserve()) / per_step * 0.97)
-                    schedule["fitted"] = True
-                    if fit < schedule["max_steps"]:
+                fit = min(step + int((remaining() - reserve()) / per_step * 0.97), schedule["planned_max_steps"])
+                left = schedule["max_steps"] - step
+                # fit after 20 steps; then every 20 steps while the machine's speed changes by 10% or more: in the
+                # first half of the schedule either way, later only shorter (a late rise in learning rate hurts)
+                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
+                        fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
+                    schedule["fitted"], fitted_at = True, step
+                    if fit != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
                             f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
                             f"(was {schedule['max_steps']})")
