@@ -294,7 +294,7 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
 def load_gguf(path: str | os.PathLike) -> Llama:
     """A float32 `Llama` with the weights of a Llama GGUF file (as `save_gguf` writes them): the config from the
     metadata, every tensor dequantized, $W_q$/$W_k$ permuted back to the half-split layout (`interleaved_to_half`)."""
-    from gguf import GGUFReader, quants
+    from gguf import GGUFReader, GGUFValueType, quants
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -305,8 +305,12 @@ def load_gguf(path: str | os.PathLike) -> Llama:
         raise ValueError(f"{path} is not a GGUF file gguf can read: {e}") from None
 
     def meta(key, default=None):
+        "A scalar metadata value (read from the field's parts, which every gguf version has)."
         field = reader.fields.get(key)
-        return default if field is None else field.contents()
+        if field is None:
+            return default
+        value = field.parts[field.data[0]]
+        return bytes(value).decode("utf-8") if field.types[0] == GGUFValueType.STRING else value[0].item()
 
     if meta("general.architecture") != "llama":
         raise ValueError(f"{path} holds a {meta('general.architecture')!r} model; only 'llama' GGUF files can be loaded")
