@@ -777,9 +777,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
                         fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
                     schedule["fitted"], fitted_at = True, step
-                    if fit != schedule["max_steps"]:
+                    if max(fit, step + 1) != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
-                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
+                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {max(fit, step + 1)} "
                             f"(was {schedule['max_steps']})")
                         schedule["max_steps"] = max(fit, step + 1)
                         if bar is not None:
