@@ -716,7 +716,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         say(f"resuming from {ckpt.path} at step {step}")
 
     tokens_per_step = tcfg.global_batch * seq_len
-    times = dict(eval=None, save=None)
+    times = dict(eval=None, save=None, step_at_eval=None)
     step_times: list[float] = []
     fitted_at = step
 
@@ -724,16 +724,21 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
 
     def reserve() -> float:
-        "Seconds kept for the final evaluation, checkpoint and sample."
+        "Seconds kept for the final evaluation, checkpoint and sample, scaled by how much the machine has slowed since."
         ev = times["eval"] if times["eval"] is not None else 0.0
         sv = times["save"] if times["save"] is not None else 1.0
-        return 1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens + 4.0  # + drawing loss.png
+        slower = 1.0
+        ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
+        if ref and step_times:  # step time when the evaluation was timed (or soon after)
+            slower = max(1.0, float(np.median(step_times[-5:])) / ref)
+        return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
         t = time.perf_counter()
         loss, bpb = evaluate(model, evalset, tcfg.micro_batch, ctx)
         times["eval"] = time.perf_counter() - t
+        times["step_at_eval"] = float(np.median(step_times[-5:])) if step_times else None
         last_val.update(loss=loss, bpb=bpb)
         last_eval_step = at
         say(f"step {at}: val loss {loss:.4f}, val bpb {bpb:.4f}")
@@ -772,9 +777,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
                         fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
                     schedule["fitted"], fitted_at = True, step
-                    if fit != schedule["max_steps"]:
+                    if max(fit, step + 1) != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
-                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
+                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {max(fit, step + 1)} "
                             f"(was {schedule['max_steps']})")
                         schedule["max_steps"] = max(fit, step + 1)
                         if bar is not None:
