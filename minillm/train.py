@@ -731,7 +731,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
         if ref and step_times:  # step time when the evaluation was timed (or soon after)
             slower = max(1.0, float(np.median(step_times[-5:])) / ref)
-        return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
+        return slower * (1.2 * ev + 1.5 * sv + 0.02 * tcfg.sample_tokens) + 3.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
