@@ -12,7 +12,7 @@ import sys
 import minillm
 
 # %% auto #0
-__all__ = ['cmd_info', 'cmd_train', 'cmd_generate', 'build_parser', 'main', 'console']
+__all__ = ['cmd_info', 'cmd_train', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -114,6 +114,19 @@ def cmd_generate(args) -> int:
     print(args.prompt + text)
     return 0
 
+# %% ../nbs/90_cli.ipynb #65d3ade9
+def cmd_export(args) -> int:
+    "Export a checkpoint and its tokenizer to a Hugging Face directory or a GGUF file."
+    from minillm.export import export, export_summary
+
+    try:
+        out = export(args.ckpt, args.out, format=args.format, dtype=args.dtype, quant=args.quant, force=args.force)
+    except FileExistsError as e:  # an existing --out: one line, like every other bad input
+        print(f"minillm export: error: {e}", file=sys.stderr)
+        return 2
+    print(export_summary(out))
+    return 0
+
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def build_parser() -> argparse.ArgumentParser:
     "The `minillm` argument parser: one subparser per subcommand."
@@ -174,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("export", help="export a checkpoint to a Hugging Face directory or a GGUF file")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--out", required=True, metavar="PATH", help="the directory (hf) or file (gguf) to write")
+    s.add_argument("--format", default="hf", help="hf (default): safetensors + config + tokenizer; gguf: one llama.cpp file")
+    s.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the checkpoint's)")
+    s.add_argument("--quant", help="q8_0: 8-bit GGUF weights (gguf only)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=cmd_export)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from .config import LlamaConfig
 from .model import Llama
+from .tokenizer import Tokenizer, hf_tokenizer_files
 
 # %% auto #0
 __all__ = ['config_from_hf', 'config_to_hf', 'to_hf_name', 'from_hf_name', 'state_dict_to_hf', 'state_dict_from_hf', 'load_hf',
@@ -249,10 +250,26 @@ def _shards(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[dic
     return groups
 
 # %% ../nbs/08_hf.ipynb #8ce398a9
-def save_hf(model: Llama, path: str | os.PathLike, *, max_shard_size: int | str | None = None,
-            dtype: torch.dtype | None = None, overwrite: bool = False, bos_token_id: int = 1, eos_token_id: int = 2):
+def _bos_eos_ids(tokenizer: Tokenizer | None, cfg: LlamaConfig, bos_token_id: int | None,
+                 eos_token_id: int | None) -> tuple[int | None, int | None]:
+    "The BOS/EOS ids config.json records: the tokenizer's (which must fit the model), else the given ones or 1 and 2."
+    if tokenizer is None:
+        return (1 if bos_token_id is None else bos_token_id), (2 if eos_token_id is None else eos_token_id)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}")
+    for name, given, own in (("bos_token_id", bos_token_id, tokenizer.bos_id), ("eos_token_id", eos_token_id, tokenizer.eos_id)):
+        if given is not None and given != own:
+            raise ValueError(f"{name}={given} disagrees with the tokenizer, whose id is {own}")
+    return tokenizer.bos_id, tokenizer.eos_id
+
+# %% ../nbs/08_hf.ipynb #a6cb3643
+def save_hf(model: Llama, path: str | os.PathLike, *, tokenizer: Tokenizer | None = None,
+            max_shard_size: int | str | None = None, dtype: torch.dtype | None = None, overwrite: bool = False,
+            bos_token_id: int | None = None, eos_token_id: int | None = None):
     """Save `model` as a Hugging Face checkpoint in directory `path` (config.json + safetensors, sharded with an index
-    when larger than `max_shard_size`), which `transformers.LlamaForCausalLM.from_pretrained(path)` loads.
+    when larger than `max_shard_size`), which `transformers.LlamaForCausalLM.from_pretrained(path)` loads. With
+    `tokenizer`, the directory also holds it in the files Hugging Face tools read (`hf_tokenizer_files`) and a
+    `generation_config.json`, and the BOS/EOS ids come from it (without one they default to Llama's 1 and 2).
     Written atomically; a non-empty existing `path` is replaced only with `overwrite=True`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -263,6 +280,12 @@ def save_hf(model: Llama, path: str | os.PathLike, *, max_shard_size: int | str 
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype={dtype} must be a floating-point dtype")
     cfg = model.cfg
+    bos_token_id, eos_token_id = _bos_eos_ids(tokenizer, cfg, bos_token_id, eos_token_id)
+    extra_files = {}
+    if tokenizer is not None:  # converted before anything is written: a tokenizer that cannot be converted stops here
+        extra_files = hf_tokenizer_files(tokenizer, model_max_length=cfg.max_seq_len)
+        generation = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
+        extra_files["generation_config.json"] = (json.dumps(generation, indent=2) + "\n").encode()
     tensors = {}
     for name, t in state_dict_to_hf(model.state_dict(), cfg.tie_embeddings).items():
         if type(t) is not torch.Tensor and hasattr(t, "full_tensor"):
@@ -275,6 +298,8 @@ def save_hf(model: Llama, path: str | os.PathLike, *, max_shard_size: int | str 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        for name, data in extra_files.items():
+            (tmp / name).write_bytes(data)
         shards = _shards(tensors, max_bytes)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})

@@ -32,7 +32,8 @@ import tiktoken
 __all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'PIECE_TYPES', 'merge_pair',
            'python_stdlib_texts', 'train_bpe_naive', 'train_bpe', 'Tokenizer', 'BPETokenizer', 'TokenizerFormat',
            'register_tokenizer_format', 'read_sentencepiece_model', 'SentencePieceTokenizer',
-           'tinyllama_tokenizer_path', 'tokens_html']
+           'tinyllama_tokenizer_path', 'tokens_html', 'bytes_to_unicode', 'bpe_merges', 'hf_split_pattern',
+           'hf_tokenizer', 'hf_tokenizer_files', 'save_hf_tokenizer', 'read_hf_bpe']
 
 # %% ../nbs/01_tokenizer.ipynb #2feb26d1
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -843,3 +844,233 @@ def tokens_html(tok: Tokenizer, text: str, allowed_special: Collection[str] | st
     return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.7">' + "".join(out)
             + f'<div style="color:#666;margin-top:4px">{len(text.encode("utf-8"))} bytes → '
             + f'{sum(len(g) for _, g in spans)} tokens</div></div>')
+
+# %% ../nbs/01_tokenizer.ipynb #e4f1c1cf
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from the 256 byte values to printable characters, used to write byte-level tokens as strings:
+    bytes that are visible Latin-1 characters stand for themselves, the other 68 get `chr(256 + n)` in order."""
+    visible = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    out, n = {}, 0
+    for b in range(256):
+        if b in visible:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+_BYTE_CHARS = bytes_to_unicode()
+_CHAR_BYTES = {c: b for b, c in _BYTE_CHARS.items()}
+
+
+def _token_str(token: bytes) -> str:
+    "A byte-level token spelt in `bytes_to_unicode` characters (b' the' → 'Ġthe')."
+    return "".join(_BYTE_CHARS[b] for b in token)
+
+
+def _token_bytes(s: str) -> bytes:
+    "The inverse of `_token_str`; a KeyError for a character outside the 256."
+    return bytes(_CHAR_BYTES[c] for c in s)
+
+# %% ../nbs/01_tokenizer.ipynb #430a3316
+def bpe_merges(vocab: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    """Every merge a rank-based BPE encoder (tiktoken) may apply to the tokens `vocab` (in rank order), ordered as a
+    merge-list encoder (`tokenizers`, llama.cpp) must try them: for each token by rank, each split of it into two
+    tokens, by the ranks of the two halves."""
+    rank = {t: i for i, t in enumerate(vocab)}
+    merges = []
+    for token in vocab:
+        splits = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in rank and token[k:] in rank]
+        merges += sorted(splits, key=lambda pair: (rank[pair[0]], rank[pair[1]]))
+    return merges
+
+# %% ../nbs/01_tokenizer.ipynb #24c0137f
+_REGEX_TOKENS = re.compile(r"\\.|\[(?:\\.|[^\]\\])*\]|\{\d+(?:,\d*)?\}\+|[$^]", re.S)
+
+def hf_split_pattern(pattern: str) -> str:
+    """A tiktoken pre-tokenizer `pattern` (Rust `fancy-regex` dialect) rewritten for `tokenizers`' `Split`, which runs
+    Oniguruma with Ruby syntax: `$` → `\\z` and `^` → `\\A` (there `$`/`^` match at every line end/start) and the
+    possessive count `{m,n}+` → `{m,n}` (there it would mean "one or more of `{m,n}`"; greedy gives the same pieces
+    whenever nothing after the count can match what it gives back, as in GPT-4's pattern)."""
+    def rewrite(m):
+        s = m.group()
+        if s[0] in "\\[":
+            return s  # escapes and character classes stay as they are
+        return {"$": r"\z", "^": r"\A"}.get(s, s[:-1])
+    return _REGEX_TOKENS.sub(rewrite, pattern)
+
+# %% ../nbs/01_tokenizer.ipynb #fba955cf
+def _special_name(tok: Tokenizer, id: int | None) -> str | None:
+    "The special token whose id is `id` (None for None)."
+    return None if id is None else next(s for s, i in tok.special_tokens.items() if i == id)
+
+
+def _sentencepiece_merges(tok: SentencePieceTokenizer) -> list[tuple[str, str]]:
+    "The merge list of a SentencePiece BPE model: for each piece by descending score, every split into two pieces."
+    pieces = tok.model["pieces"]
+    ids = {p: i for i, (p, _, kind) in enumerate(pieces) if kind in ("normal", "user_defined")}
+    merges = []
+    for piece in sorted(ids, key=lambda p: (-pieces[ids[p]][1], ids[p])):
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in ids and piece[k:] in ids]
+        merges += sorted(splits, key=lambda pair: (ids[pair[0]], ids[pair[1]]))
+    return merges
+
+
+def _check_sentencepiece_for_hf(tok: SentencePieceTokenizer) -> None:
+    "Refuse SentencePiece settings that the Hugging Face BPE pipeline cannot reproduce."
+    spec, norm = tok.trainer_spec, tok.normalizer_spec
+    problems = []
+    if spec.get("model_type", "unigram") != "bpe":
+        problems.append(f"model_type={spec.get('model_type', 'unigram')!r} (only 'bpe', Llama's kind)")
+    if norm.get("name", "nmt_nfkc") != "identity":
+        problems.append(f"normalization rule {norm.get('name', 'nmt_nfkc')!r} (only 'identity')")
+    if norm.get("remove_extra_whitespaces", True):
+        problems.append("remove_extra_whitespaces=True")
+    if spec.get("treat_whitespace_as_suffix"):
+        problems.append("treat_whitespace_as_suffix=True")
+    if problems:
+        raise ValueError(f"this SentencePiece model cannot be written as tokenizer.json: {'; '.join(problems)}")
+
+# %% ../nbs/01_tokenizer.ipynb #786a0b21
+def hf_tokenizer(tok: Tokenizer):
+    """`tok` as a Hugging Face `tokenizers.Tokenizer` (the contents of `tokenizer.json`) that gives the same ids:
+    a byte-level BPE for `BPETokenizer`, a byte-fallback BPE with a `▁` normalizer for a SentencePiece BPE model.
+    Special tokens are added as special; the post-processor puts BOS first, as `encode(text, bos=True)` does."""
+    from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import processors
+
+    if isinstance(tok, BPETokenizer):
+        hf = HFTokenizer(models.BPE(vocab={_token_str(t): i for i, t in enumerate(tok.vocab)},
+                                    merges=[(_token_str(a), _token_str(b)) for a, b in bpe_merges(tok.vocab)],
+                                    ignore_merges=True))  # tiktoken takes a piece that is a token whole
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(hf_split_pattern(tok.pattern)), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        hf.decoder = decoders.ByteLevel()
+        added = [AddedToken(s, special=True, normalized=False) for s in tok.special_tokens]
+    elif isinstance(tok, SentencePieceTokenizer):
+        _check_sentencepiece_for_hf(tok)
+        pieces = tok.model["pieces"]
+        unk = next((p for p, _, kind in pieces if kind == "unknown"), None)
+        hf = HFTokenizer(models.BPE(vocab={p: i for i, (p, _, _) in enumerate(pieces)}, merges=_sentencepiece_merges(tok),
+                                    unk_token=unk, fuse_unk=True, byte_fallback=bool(tok.trainer_spec.get("byte_fallback"))))
+        prefix = tok.normalizer_spec.get("add_dummy_prefix", True)
+        hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * prefix + [normalizers.Replace(" ", "▁")])
+        hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                       + [decoders.Strip(" ", 1, 0)] * prefix)
+        added = [AddedToken(p, special=kind != "user_defined", normalized=False)
+                 for p, _, kind in pieces if kind in ("unknown", "control", "user_defined")]
+    else:
+        raise TypeError(f"cannot convert a {type(tok).__name__}: expected a BPETokenizer or a SentencePieceTokenizer")
+    hf.add_special_tokens(added)
+    if tok.bos_id is not None:
+        bos = _special_name(tok, tok.bos_id)
+        hf.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                                          special_tokens=[(bos, tok.bos_id)])
+    return hf
+
+# %% ../nbs/01_tokenizer.ipynb #13638033
+def hf_tokenizer_files(tok: Tokenizer, model_max_length: int | None = None) -> dict[str, bytes]:
+    """The files of a Hugging Face tokenizer directory for `tok`, as {file name: bytes}: `tokenizer.json`,
+    `tokenizer_config.json`, `special_tokens_map.json`, and for SentencePiece also `tokenizer.model`.
+    `transformers.AutoTokenizer` reading them gives `tok.encode(text, bos=True)` ids (`add_special_tokens=False`:
+    `tok.encode(text)`), with special tokens in the text kept as text."""
+    hf = hf_tokenizer(tok)
+    roles = {"bos_token": _special_name(tok, tok.bos_id), "eos_token": _special_name(tok, tok.eos_id)}
+    if isinstance(tok, SentencePieceTokenizer):
+        roles["unk_token"] = next((p for p, _, kind in tok.model["pieces"] if kind == "unknown"), None)
+    roles = {k: v for k, v in roles.items() if v is not None}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **roles,
+              "add_bos_token": tok.bos_id is not None, "add_eos_token": False, "split_special_tokens": True,
+              "clean_up_tokenization_spaces": False,
+              "added_tokens_decoder": {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                                                "single_word": False, "special": True}
+                                       for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])}}
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+
+    def dump(d: dict) -> bytes:
+        return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    files = {"tokenizer.json": hf.to_str(pretty=True).encode("utf-8"), "tokenizer_config.json": dump(config),
+             "special_tokens_map.json": dump(roles)}
+    if isinstance(tok, SentencePieceTokenizer):
+        files[SentencePieceTokenizer.FILENAME] = tok.model_proto
+    return files
+
+# %% ../nbs/01_tokenizer.ipynb #879dbf38
+def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike, model_max_length: int | None = None) -> list[Path]:
+    """Write `tok` as a Hugging Face tokenizer into directory `path` (created if needed; `hf_tokenizer_files` says
+    what goes in). Each file is written atomically. Returns the paths written."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"'{path}' exists and is not a directory")
+    written = []
+    for name, data in hf_tokenizer_files(tok, model_max_length).items():
+        _write_atomic(path / name, data)
+        written.append(path / name)
+    return written
+
+# %% ../nbs/01_tokenizer.ipynb #47501ad1
+def _hf_bpe_pattern(pre_tokenizer: dict | None) -> str:
+    "The tiktoken split pattern behind a `tokenizer.json` pre-tokenizer written by `hf_tokenizer`."
+    steps = (pre_tokenizer or {}).get("pretokenizers") or [pre_tokenizer or {}]
+    splits = [s for s in steps if s.get("type") == "Split"]
+    if not splits or not any(s.get("type") == "ByteLevel" for s in steps):
+        raise ValueError("its pre-tokenizer is not a Split pattern followed by ByteLevel")
+    pattern = splits[0]["pattern"].get("Regex") or regex.escape(splits[0]["pattern"].get("String", ""))
+    return GPT4_SPLIT_PATTERN if pattern == hf_split_pattern(GPT4_SPLIT_PATTERN) else pattern
+
+
+def read_hf_bpe(path: str | os.PathLike) -> BPETokenizer:
+    """A `BPETokenizer` from a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it, whose
+    `tokenizer_config.json` names BOS and EOS) laid out as `hf_tokenizer` writes it: the 256 byte tokens first in
+    byte order, each later token two earlier ones joined, the special tokens last."""
+    path = Path(path).expanduser()
+    folder, file = (path, path / "tokenizer.json") if path.is_dir() else (path.parent, path)
+    try:
+        d = json.loads(file.read_text(encoding="utf-8"))
+        model = d.get("model") or {}
+        if model.get("type") != "BPE":
+            raise ValueError(f"its model is {model.get('type')!r}, not a BPE")
+        vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        if [i for _, i in vocab] != list(range(len(vocab))):
+            raise ValueError("its vocabulary ids are not 0, 1, 2, ... without gaps")
+        try:
+            tokens = [_token_bytes(s) for s, _ in vocab]
+        except KeyError:
+            raise ValueError("its tokens are not byte-level (GPT-2 byte characters)") from None
+        if tokens[:256] != [bytes([b]) for b in range(256)]:
+            raise ValueError("its first 256 tokens are not the 256 bytes in order")
+        made_from, known = [], set(tokens[:256])
+        for t in tokens[256:]:
+            split = next((k for k in range(1, len(t)) if t[:k] in known and t[k:] in known), None)
+            if split is None:
+                raise ValueError(f"token {_token_str(t)!r} is not two earlier tokens joined")
+            made_from.append((t[:split], t[split:]))
+            known.add(t)
+        added = sorted((a for a in d.get("added_tokens", []) if a.get("special")), key=lambda a: a["id"])
+        if [a["id"] for a in added] != list(range(len(tokens), len(tokens) + len(added))):
+            raise ValueError("its special tokens do not follow the vocabulary")
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        role = lambda v: v.get("content") if isinstance(v, dict) else v
+        return BPETokenizer(made_from, [a["content"] for a in added], _hf_bpe_pattern(d.get("pre_tokenizer")),
+                            bos=role(config.get("bos_token")), eos=role(config.get("eos_token")))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no tokenizer at '{file}': the file does not exist") from None
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        reason = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"'{file}' is not a byte-level BPE tokenizer.json minillm can read: {reason}") from None
+
+# %% ../nbs/01_tokenizer.ipynb #423ba2ee
+def _sniff_hf_bpe(path: Path) -> bool:
+    "A Hugging Face `tokenizer.json`, or a directory holding one?"
+    if path.is_dir():
+        return (path / "tokenizer.json").is_file()
+    return re.match(rb'\s*\{\s*"version"\s*:', _head(path)) is not None and b'"truncation"' in _head(path, 4096)
+
+
+register_tokenizer_format(TokenizerFormat("hf-tokenizer-json", "a Hugging Face byte-level BPE tokenizer.json",
+                                          _sniff_hf_bpe, read_hf_bpe), first=False)

@@ -764,7 +764,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
         if ref and step_times:  # step time when the evaluation was timed (or soon after)
             slower = max(1.0, float(np.median(step_times[-5:])) / ref)
-        return slower * (1.5 * ev + 2.0 * sv + 0.03 * tcfg.sample_tokens) + 4.0  # + drawing loss.png
+        return slower * (1.2 * ev + 1.5 * sv + 0.02 * tcfg.sample_tokens) + 3.0  # + drawing loss.png
 
     def run_eval(at: int) -> None:
         nonlocal last_eval_step
@@ -814,9 +814,9 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
                         fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
                     schedule["fitted"], fitted_at = True, step
-                    if fit != schedule["max_steps"]:
+                    if max(fit, step + 1) != schedule["max_steps"]:
                         say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
-                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {fit} "
+                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {max(fit, step + 1)} "
                             f"(was {schedule['max_steps']})")
                         schedule["max_steps"] = max(fit, step + 1)
                         if bar is not None:

@@ -471,7 +471,7 @@ def test_register_tokenizer_format(bpe, tmp_path):
             Tokenizer.load(sp_dir)
     finally:
         TOKENIZER_FORMATS[:] = saved
-    assert [f.name for f in TOKENIZER_FORMATS] == ["minillm-bpe", "sentencepiece"]
+    assert [f.name for f in TOKENIZER_FORMATS] == ["minillm-bpe", "sentencepiece", "hf-tokenizer-json"]
 
 
 def test_encode_rejects_non_strings(bpe, sp):
