@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARGS ?=
 
-.PHONY: install demo train test test-gpu notebooks sync lab clean
+.PHONY: install train test test-gpu test-integration sync lab clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,9 +20,6 @@ $(VENV)/.installed: $(PY) setup.py settings.ini
 
 install: $(VENV)/.installed
 
-demo: install
-	$(VENV)/bin/minillm demo $(ARGS)
-
 train: install
 	$(VENV)/bin/minillm train $(ARGS)
 
@@ -31,6 +28,10 @@ test: install
 
 test-gpu: install
 	$(PY) -m pytest -m gpu $(ARGS)
+
+# llama.cpp agrees with the GGUF export; needs llama-cpp-python (see tests/integration/test_llama_cpp.py)
+test-integration: install
+	$(PY) -m pytest tests/integration -m integration $(ARGS)
 
 # export notebooks to the package, clean them, regenerate README.md; CI fails if this changes anything
 sync: install
