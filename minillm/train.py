@@ -736,7 +736,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
         trackers = Trackers(tcfg, run_dir, dict(model=cfg.to_dict(), train=tcfg.to_dict()))
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # a console bar (tqdm.auto would want notebook widgets)
 
         bar = tqdm(total=schedule["max_steps"], initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     say = (lambda msg: (bar.write(msg) if bar is not None and progress else print(msg))) if main_process and verbose \
