@@ -102,8 +102,6 @@ def cmd_train(args) -> int:
 # %% ../nbs/90_cli.ipynb #f58614b6
 def cmd_generate(args) -> int:
     "Continue a prompt with a trained checkpoint."
-    import torch
-
     from minillm.generate import complete
     from minillm.train import load_model
 

@@ -14,14 +14,13 @@ import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -728,7 +727,6 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         if saved.get("planned_max_steps") == tcfg.max_steps:  # same plan: keep a schedule fitted to the time limit
             schedule = {**schedule, **{k: saved[k] for k in ("max_steps", "fitted") if k in saved}}
         _set_rng_state(ckpt.rng_state(), ckpt.state["rng"]["python"], ckpt.state["rng"]["numpy"])
-    start_step = step
     model.train()
 
     metrics = trackers = bar = None

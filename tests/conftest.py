@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +30,35 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+# A small corpus and two tokenizers trained on it, shared by the tokenizer and export tests (trained once per worker).
+TOKENIZER_TEXTS = [
+    "The quick brown fox jumps over the lazy dog. It's 2024; we'll see 12345 foxes!",
+    "Größenwahn, naïve café, déjà vu — ça va?",
+    "日本語のテキストと漢字、そしてカタカナ。中文文本也在这里。",
+    "Русский текст и ελληνικά γράμματα.",
+    "emoji 👩‍👩‍👧 🇫🇷 👋🏽 🙂🙂🙂",
+    "    def f(x):\n        return x ** 2  # indent\n",
+]
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    from minillm.tokenizer import python_stdlib_texts
+
+    return list(python_stdlib_texts(max_bytes=300_000)) + TOKENIZER_TEXTS * 3
+
+
+@pytest.fixture(scope="session")
+def bpe(corpus):
+    from minillm.tokenizer import Tokenizer
+
+    return Tokenizer.train(corpus, vocab_size=1000, special_tokens=("<s>", "</s>", "<|user|>"))
+
+
+@pytest.fixture(scope="session")
+def sp(corpus):
+    from minillm.tokenizer import Tokenizer
+
+    return Tokenizer.train_sentencepiece(corpus, vocab_size=800, special_tokens=("<|user|>",), num_threads=1)

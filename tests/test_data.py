@@ -553,7 +553,7 @@ def test_parse_data_specs_and_mixtures(tmp_path):
 
 
 def test_hf_streaming_and_saved_dataset(tmp_path, monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     files = []

@@ -35,15 +35,13 @@ from minillm.tokenizer import (
     bytes_to_unicode,
     hf_split_pattern,
     hf_tokenizer,
-    python_stdlib_texts,
-    read_hf_bpe,
     save_hf_tokenizer,
 )
 
-gguf = pytest.importorskip("gguf")  # an install without the export extra skips this file instead of failing
-transformers = pytest.importorskip("transformers")
+import gguf  # noqa: E402
+import transformers  # noqa: E402
 from gguf import GGMLQuantizationType as Q  # noqa: E402
-from gguf import GGUFReader, quants  # noqa: E402
+from gguf import GGUFReader  # noqa: E402
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,21 +56,6 @@ ANY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_siz
 # texts made mostly of the characters the split pattern treats specially
 PATTERN_TEXT = st.text(alphabet=st.sampled_from(list(" \t\n\r\x0b\x0c\x85\xa0\u2028\u3000'sdmtlvreSDTLVRE0123456789abcxyz"
                                                      ".,;:!?-_()#\"/\\éß日本ſ\u1680\u200b\U0001f600")), max_size=60)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return list(python_stdlib_texts(max_bytes=300_000)) + MULTILINGUAL * 3
-
-
-@pytest.fixture(scope="module")
-def bpe(corpus):
-    return Tokenizer.train(corpus, vocab_size=1000, special_tokens=("<s>", "</s>", "<|user|>"))
-
-
-@pytest.fixture(scope="module")
-def sp(corpus):
-    return Tokenizer.train_sentencepiece(corpus, vocab_size=800, special_tokens=("<|user|>",), num_threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
-transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -16,15 +15,6 @@ from minillm.config import LlamaConfig  # noqa: E402
 from minillm.hf import (config_from_hf, config_to_hf, from_hf_name, load_hf, save_hf, state_dict_from_hf,  # noqa: E402
                         state_dict_to_hf, to_hf_name)
 from minillm.model import Llama  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "These tensors are tiny: one intra-op thread avoids thread wake-ups that dominate on a shared 2-core machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize(model, std=0.15):

@@ -15,12 +15,12 @@ import torch
 from minillm.config import LlamaConfig
 from minillm.kernels import apply_kernels, compile_model, kernels_in_use, resolve_kernels
 from minillm.kernels.attention import sdpa_attend
-from minillm.kernels.cross_entropy import (CrossEntropyFunction, LinearCrossEntropyFunction, cross_entropy,
-                                           cross_entropy_torch, linear_cross_entropy, linear_cross_entropy_torch)
-from minillm.kernels.rmsnorm import RMSNormFunction, rms_norm, rms_norm_torch, triton_ok
-from minillm.kernels.rope import RoPEFunction, apply_rope, apply_rope_torch
-from minillm.kernels.swiglu import SwiGLUFunction, swiglu, swiglu_torch
-from minillm.kernels.switch import TritonRMSNorm, train_steps
+from minillm.kernels.cross_entropy import (cross_entropy, cross_entropy_torch, linear_cross_entropy,
+                                           linear_cross_entropy_torch)
+from minillm.kernels.rmsnorm import rms_norm, rms_norm_torch, triton_ok
+from minillm.kernels.rope import apply_rope, apply_rope_torch
+from minillm.kernels.swiglu import swiglu, swiglu_torch
+from minillm.kernels.switch import train_steps
 from minillm.model import Llama, lm_loss
 from minillm.norm import RMSNorm
 

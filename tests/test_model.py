@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
 
@@ -17,15 +16,6 @@ from minillm.mlp import FeedForward, llama_ffn_dim, swiglu  # noqa: E402
 from minillm.model import Block, Llama, lm_loss  # noqa: E402
 from minillm.norm import RMSNorm  # noqa: E402
 from minillm.rope import apply_rope, half_to_interleaved, interleaved_to_half, rope_cache  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "These tensors are tiny: one intra-op thread avoids thread wake-ups that dominate on a shared 2-core machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize(model, std=0.3):

@@ -1,6 +1,5 @@
 """minillm.tokenizer against the libraries it must agree with (tiktoken, sentencepiece) and the naive trainer,
 plus round trips, files, pickling and the errors users meet."""
-import io
 import json
 import pickle
 import random
@@ -41,21 +40,6 @@ MULTILINGUAL = [
 TRICKY = ["", " ", "  ", "\n", "\r\n", "\t\t", "\x00", "\x1b[31mred\x1b[0m", "\ufeffBOM", "e\u0301", "👩‍👩‍👧", "🇫🇷",
           "a" * 500, " " * 300, "<s>", "</s>", "<s></s>", "<unk>", "\U0010ffff", "\u200b\u200d", "x\ud7ff\ue000y",
           "trailing spaces   ", "12345678901234567890"]
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return list(python_stdlib_texts(max_bytes=300_000)) + MULTILINGUAL * 3
-
-
-@pytest.fixture(scope="module")
-def bpe(corpus):
-    return Tokenizer.train(corpus, vocab_size=1000, special_tokens=("<s>", "</s>", "<|user|>"))
-
-
-@pytest.fixture(scope="module")
-def sp(corpus):
-    return Tokenizer.train_sentencepiece(corpus, vocab_size=800, special_tokens=("<|user|>",), num_threads=1)
 
 
 def sp_reference(tok):

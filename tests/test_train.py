@@ -1,6 +1,5 @@
 """Training loop: bit-exact resume, checkpoints (atomic, corrupt, mismatched), the NaN stop, bad input, the CLI."""
 import json
-import math
 import os
 import subprocess
 import sys
