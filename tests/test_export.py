@@ -209,7 +209,7 @@ def test_foreign_tokenizer_json_is_refused_clearly(hf_dirs, tmp_path):
 
 
 def test_unsupported_sentencepiece_is_refused_before_writing(corpus, tmp_path):
-    uni = Tokenizer.train_sentencepiece(corpus[:30], vocab_size=400, num_threads=1, model_type="unigram")
+    uni = Tokenizer.train_sentencepiece(corpus[:30], vocab_size=600, num_threads=1, model_type="unigram")
     with pytest.raises(ValueError, match="model_type='unigram'"):
         hf_tokenizer(uni)
     with pytest.raises(ValueError, match="cannot be written as tokenizer.json"):
