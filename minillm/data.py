@@ -32,8 +32,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['STDLIB_SKIP_DIRS', 'CORPUS_KINDS', 'HF_DATASETS', 'SOURCE_OPTIONS', 'MIXTURES', 'FORMAT', 'stdlib_root',
            'stdlib_files', 'docstrings', 'help_topics', 'Document', 'limit_documents', 'builtin_corpus',
-           'local_documents', 'hf_documents', 'Source', 'parse_data', 'shard_dtype', 'Splitter', 'encode_documents',
-           'prepare', 'TokenDataset', 'Mixture', 'prepare_mixture', 'Loader', 'EvalSet']
+           'local_fingerprint', 'local_documents', 'hf_documents', 'Source', 'parse_data', 'shard_dtype', 'Splitter',
+           'encode_documents', 'prepare', 'TokenDataset', 'Mixture', 'prepare_mixture', 'Loader', 'EvalSet']
 
 # %% ../nbs/02_data.ipynb #c8efbff8
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"})
@@ -221,6 +221,20 @@ def _file_documents(path: Path, text_field: str, in_folder: bool = False) -> Ite
             raise ValueError(f"{path} is not UTF-8 text (text, .jsonl and .parquet files can be read)") from None
         yield Document(text, "text", path.name)
 
+# %% ../nbs/02_data.ipynb #4668f4cb
+def local_fingerprint(path: str | Path) -> str:
+    """A short hash of the name, size and modification time of every file under `path` (or of the file itself):
+    editing, adding or removing a file changes it, so cached tokens of the old text are never reused."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
 # %% ../nbs/02_data.ipynb #e8521011
 def local_documents(path: str | Path, text_field: str = "text") -> Iterator[Document]:
     """Documents from a file or a folder (recursive, sorted): a text file is one document, a `.jsonl` line or a
@@ -369,7 +383,7 @@ class Source:
         if self.kind == "builtin":
             return f"{self.spec} (Python {sys.version.split()[0]} standard library at {stdlib_root()})"
         if self.kind == "local":
-            return f"{self.spec} (local: {Path(self.target).resolve()})"
+            return f"{self.spec} (local: {Path(self.target).resolve()}, files {local_fingerprint(self.target)})"
         return f"{self.spec} (Hugging Face datasets)"
 
     def documents(self) -> Iterator[Document]:

@@ -645,6 +645,23 @@ def test_prepare_mixture_reuses_folders(tmp_path):
         D.prepare("tinyllama", tok, tmp_path / "x")
 
 
+
+def test_edited_local_text_is_tokenized_again(tmp_path):
+    "The cache key of a local source covers its files: editing one never reuses the old tokens."
+    tok = ByteTok()
+    b = tmp_path / "b.jsonl"
+    b.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(30, seed=1)))
+    kw = dict(num_workers=0, progress=False, val_fraction=0.2, min_val_documents=0)
+    before = D.prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
+    fp = D.local_fingerprint(b)
+    b.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(40, seed=2)))
+    assert D.local_fingerprint(b) != fp
+    after = D.prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
+    assert after.datasets[0].path != before.datasets[0].path
+    assert len(after.datasets[0]) != len(before.datasets[0])
+    with pytest.raises(FileNotFoundError, match="no such file or folder: .*gone"):
+        D.local_fingerprint(tmp_path / "gone")
+
 class NoBosTok(ByteTok):
     "A tokenizer without a BOS token (some have none)."
 
