@@ -29,14 +29,8 @@ from minillm.tokenizer import (
     train_bpe_naive,
 )
 
-MULTILINGUAL = [
-    "The quick brown fox jumps over the lazy dog. It's 2024; we'll see 12345 foxes!",
-    "Größenwahn, naïve café, déjà vu — ça va?",
-    "日本語のテキストと漢字、そしてカタカナ。中文文本也在这里。",
-    "Русский текст и ελληνικά γράμματα.",
-    "emoji 👩‍👩‍👧 🇫🇷 👋🏽 🙂🙂🙂",
-    "    def f(x):\n        return x ** 2  # indent\n",
-]
+from conftest import TOKENIZER_TEXTS as MULTILINGUAL  # noqa: E402  (the texts the shared fixtures train on)
+
 TRICKY = ["", " ", "  ", "\n", "\r\n", "\t\t", "\x00", "\x1b[31mred\x1b[0m", "\ufeffBOM", "e\u0301", "👩‍👩‍👧", "🇫🇷",
           "a" * 500, " " * 300, "<s>", "</s>", "<s></s>", "<unk>", "\U0010ffff", "\u200b\u200d", "x\ud7ff\ue000y",
           "trailing spaces   ", "12345678901234567890"]
