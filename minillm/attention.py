@@ -72,7 +72,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Tru
 
 # %% ../nbs/05_attention.ipynb #e7ce452a
 class KVCache:
-    "Preallocated keys and values of one attention layer: two tensors of shape (batch_size, n_kv_heads, max_len, head_dim)."
+    """Preallocated keys and values of one attention layer: two tensors of shape (batch_size, n_kv_heads, max_len,
+    head_dim). They take the dtype of the keys written into them, which is the compute dtype (bf16 under autocast or
+    FSDP's mixed precision even when the weights are float32)."""
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         shape = (batch_size, n_kv_heads, max_len, head_dim)
@@ -93,6 +95,8 @@ class KVCache:
                              f"(batch_size, n_kv_heads, max_len, head_dim)")
         if start_pos < 0 or end > self.max_len:
             raise ValueError(f"cannot write positions {start_pos}..{end - 1} into a KV cache of max_len={self.max_len}")
+        if k.dtype != self.k.dtype:  # the cache follows the compute dtype (bf16 autocast or FSDP over fp32 weights)
+            self.k, self.v = self.k.to(k.dtype), self.v.to(v.dtype)
         self.k[:, :, start_pos:end] = k
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]

@@ -12,7 +12,7 @@ import sys
 import minillm
 
 # %% auto #0
-__all__ = ['cmd_info', 'cmd_train', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
+__all__ = ['cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -37,15 +37,15 @@ def _train_overrides(args) -> dict:
                  warmup="warmup", batch="global_batch", micro_batch="micro_batch", seq_len="seq_len", device="device",
                  seed="seed", dtype="dtype", eval_every="eval_every", save_every="save_every", tokenizer="tokenizer",
                  prompt="sample_prompt")
-    from minillm.train import TRAIN_PRESETS
-
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     if args.data:
         out["data"] = tuple(args.data)
-    if args.time_limit is not None and args.time_limit <= 0:
+    if args.val_data:
+        out["val_data"] = tuple(args.val_data)
+    if args.time_limit is not None and not math.isfinite(args.time_limit) or (args.time_limit or 0) < 0:
+        raise ValueError(f"--time-limit {args.time_limit}: give a number of seconds > 0 (or 0 for no limit)")
+    if args.time_limit == 0:
         out["time_limit"] = None  # --time-limit 0: no limit
-    if args.batch is not None and args.micro_batch is None:
-        out["micro_batch"] = math.gcd(args.batch, TRAIN_PRESETS.get(args.preset, {}).get("micro_batch", args.batch))
     if args.compile is not None:
         out["compile"] = args.compile == "on"
     for flag in ("tensorboard", "wandb"):
@@ -68,7 +68,7 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     from minillm.distributed import Preemption, destroy_distributed, init_distributed
 
-    cfg = LlamaConfig.from_name(args.preset)
+    cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
     env = init_distributed(None if tcfg.device == "auto" else tcfg.device)  # under torchrun: join the others
     try:
@@ -97,6 +97,17 @@ def cmd_train(args) -> int:
     if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
         print("requeued: the Slurm job will resume from this checkpoint" if Preemption.requeue()
               else "stopped by SIGTERM: continue with the same command and --resume")
+    return 0
+
+def cmd_plan(args) -> int:
+    "Size a pretraining run before renting GPUs: memory per GPU, whether it fits, throughput at an MFU, days."
+    from minillm.config import LlamaConfig
+    from minillm.pretrain import format_plan, plan_run
+    from minillm.train import TrainConfig
+
+    cfg = LlamaConfig.from_name(args.preset)
+    tcfg = TrainConfig.from_preset(args.preset)
+    print(format_plan(plan_run(cfg, tcfg, args.gpus, args.micro_batch, gpu=args.gpu, mfu=args.mfu, kernels=args.kernels)))
     return 0
 
 # %% ../nbs/90_cli.ipynb #f58614b6
@@ -128,7 +139,8 @@ def cmd_export(args) -> int:
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def build_parser() -> argparse.ArgumentParser:
     "The `minillm` argument parser: one subparser per subcommand."
-    from minillm.config import PRESETS
+    from minillm.config import KERNELS, PRESETS
+    from minillm.pretrain import GPUS
 
     p = argparse.ArgumentParser(prog="minillm", description="Build and pretrain a small Llama, the way TinyLlama was built.")
     p.add_argument("--version", action="version", version=f"minillm {minillm.__version__}")
@@ -144,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model and recipe preset (default: toy)")
     s.add_argument("--data", nargs="+", metavar="PATH", help="text to train on: files or folders (.txt, .jsonl, "
                    ".parquet), 'builtin', hf:NAME or a mixture; SPEC@WEIGHT mixes (default: the preset's)")
+    s.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out text to evaluate on instead of a split of "
+                   "--data (same forms as --data), so runs of different tools can be compared on one text")
     s.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     s.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (the schedule ends here)")
@@ -153,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-lr", type=float, help="learning-rate floor")
     s.add_argument("--warmup", type=int, metavar="STEPS", help="warmup steps")
     s.add_argument("--batch", type=int, metavar="SEQS", help="global batch, in sequences per step")
-    s.add_argument("--micro-batch", type=int, metavar="SEQS", help="sequences per forward/backward")
+    s.add_argument("--micro-batch", type=int, metavar="SEQS", help="at most this many sequences per forward/backward "
+                   "on one process (the largest that divides the batch per process is used)")
     s.add_argument("--seq-len", type=int, metavar="TOKENS", help="training sequence length (<= the model's context)")
     s.add_argument("--eval-every", type=int, metavar="STEPS", help="steps between evaluations")
     s.add_argument("--save-every", type=int, metavar="STEPS", help="steps between checkpoints")
@@ -162,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, float32 elsewhere")
     s.add_argument("--compile", choices=["on", "off"], help="torch.compile the model (default: on CUDA only)")
+    s.add_argument("--kernels", choices=list(KERNELS), help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
+                   "the run prints what each seam got")
     s.add_argument("--seed", type=int)
     s.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"],
                    help="with several processes (torchrun): fsdp (default) shards, ddp replicates")
@@ -174,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("plan", help="size a pretraining run: memory per GPU, fit, throughput and days",
+                       description="What a preset's recipe needs on N GPUs of a kind, before renting them.")
+    s.add_argument("--preset", default="tinyllama-1.1b", choices=list(PRESETS), help="default: tinyllama-1.1b")
+    s.add_argument("--gpus", type=int, default=1, metavar="N", help="number of GPUs (default: 1)")
+    s.add_argument("--gpu", default="a100-40gb", choices=list(GPUS), help="the GPU (default: a100-40gb)")
+    s.add_argument("--mfu", type=float, default=0.56, help="model FLOP utilization to assume (default: 0.56, "
+                   "TinyLlama's on A100s)")
+    s.add_argument("--micro-batch", type=int, metavar="SEQS", help="at most this many sequences per GPU at once "
+                   "(default: the preset's)")
+    s.add_argument("--kernels", choices=["triton", "torch"], default="triton",
+                   help="fused Triton kernels (default) or eager PyTorch, for the activation memory")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
     s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (its latest checkpoint) or a checkpoint folder")

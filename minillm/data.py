@@ -32,8 +32,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['STDLIB_SKIP_DIRS', 'CORPUS_KINDS', 'HF_DATASETS', 'SOURCE_OPTIONS', 'MIXTURES', 'FORMAT', 'stdlib_root',
            'stdlib_files', 'docstrings', 'help_topics', 'Document', 'limit_documents', 'builtin_corpus',
-           'local_fingerprint', 'local_documents', 'hf_documents', 'Source', 'parse_data', 'shard_dtype', 'Splitter',
-           'encode_documents', 'prepare', 'TokenDataset', 'Mixture', 'prepare_mixture', 'Loader', 'EvalSet']
+           'text_sections', 'local_fingerprint', 'local_documents', 'hf_documents', 'Source', 'parse_data',
+           'shard_dtype', 'Splitter', 'training_documents', 'encode_documents', 'prepare', 'TokenDataset', 'Mixture',
+           'prepare_mixture', 'permute', 'fit_micro_batch', 'Loader', 'EvalSet']
 
 # %% ../nbs/02_data.ipynb #c8efbff8
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"})
@@ -107,10 +108,18 @@ def help_topics(root: str | Path | None = None) -> dict[str, str]:
 
 # %% ../nbs/02_data.ipynb #de908495
 class Document(NamedTuple):
-    "One training document: its `text`, a `kind` label (`code`, `prose`, `text`) and a `name` saying where it came from."
+    """One training document: its `text`, a `kind` label (`code`, `prose`, `text`), a `name` saying where it came
+    from, and the source `unit` it belongs to (a module, a file): every document of one unit goes to the same split,
+    train or validation. An empty `unit` makes the document its own unit (a dataset row)."""
     text: str
     kind: str = "text"
     name: str = ""
+    unit: str = ""
+
+    @property
+    def split_key(self) -> str:
+        "What decides this document's split: its unit, or its text when it is a unit of its own."
+        return f"unit:{self.unit}" if self.unit else self.text
 
 # %% ../nbs/02_data.ipynb #34bd6f00
 def limit_documents(docs: Iterable[Document], max_documents: int | None = None,
@@ -154,12 +163,12 @@ def builtin_corpus(kinds: Iterable[str] = CORPUS_KINDS, max_bytes: int | None = 
     def generate():
         for kind, name, what in entries:
             if isinstance(what, str):  # a help topic
-                yield Document(what.strip(), kind, name)
+                yield Document(what.strip(), kind, name, unit=name)
                 continue
             source = what.read_text(encoding="utf-8", errors="replace")
             text = source if kind == "code" else docstrings(source, _module_name(name))
-            if text.strip():
-                yield Document(text, kind, name)
+            if text.strip():  # a module's code and its docstrings are one unit: they share many lines
+                yield Document(text, kind, name, unit=name)
 
     return limit_documents(generate(), max_documents, max_bytes)
 
@@ -204,9 +213,28 @@ def _parquet_rows(path: Path, text_field: str) -> Iterator[Document]:
             if text is not None:
                 yield Document(text, "text", f"{path.name}:{row}")
 
-def _file_documents(path: Path, text_field: str, in_folder: bool = False) -> Iterator[Document]:
-    "The documents of one file, by its extension."
+def text_sections(text: str, name: str, n_sections: int = 64, min_chars: int = 1024) -> Iterator[Document]:
+    """A lone text file as `n_sections` contiguous sections (fewer for a text under `n_sections × min_chars`
+    characters), each its own unit, so that one file still gives validation text in whole sections, never in lines
+    interleaved with training text. Each section ends at the first line break after its share of the text, else at
+    a space, else exactly there."""
+    n = max(1, min(n_sections, len(text) // min_chars))
+    bounds = [0]
+    for k in range(1, n):
+        target = max(bounds[-1] + 1, round(k * len(text) / n))
+        window = text[target: target + max(1, len(text) // (2 * n))]
+        cut = next((target + i + 1 for i in (window.find("\n"), window.find(" ")) if i >= 0), target)
+        if cut < len(text):
+            bounds.append(cut)
+    bounds.append(len(text))
+    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        yield Document(text[start:end], "text", f"{name}#{i}", unit=f"{name}#{i}")
+
+def _file_documents(path: Path, text_field: str, unit: str | None = None) -> Iterator[Document]:
+    """The documents of one file, by its extension: one per JSON line or Parquet row (each its own unit); a text file
+    in a folder is one document whose unit is `unit` (its path in the folder); a lone text file gives `text_sections`."""
     name = path.name.lower()
+    in_folder = unit is not None
     if name.endswith(_TEXT_SUFFIXES_JSONL):
         yield from _json_lines(path, text_field)
     elif name.endswith(".parquet"):
@@ -219,7 +247,10 @@ def _file_documents(path: Path, text_field: str, in_folder: bool = False) -> Ite
             if in_folder:
                 raise _NotText(path) from None
             raise ValueError(f"{path} is not UTF-8 text (text, .jsonl and .parquet files can be read)") from None
-        yield Document(text, "text", path.name)
+        if in_folder:
+            yield Document(text, "text", unit, unit=unit)
+        else:
+            yield from text_sections(text, path.name)
 
 # %% ../nbs/02_data.ipynb #4668f4cb
 def local_fingerprint(path: str | Path) -> str:
@@ -237,8 +268,9 @@ def local_fingerprint(path: str | Path) -> str:
 
 # %% ../nbs/02_data.ipynb #e8521011
 def local_documents(path: str | Path, text_field: str = "text") -> Iterator[Document]:
-    """Documents from a file or a folder (recursive, sorted): a text file is one document, a `.jsonl` line or a
-    `.parquet` row one each (from `text_field`). In a folder, hidden files and non-UTF-8 files are skipped."""
+    """Documents from a file or a folder (recursive, sorted): a text file in a folder is one document (and one unit),
+    a lone text file is cut into `text_sections`, a `.jsonl` line or a `.parquet` row is one document each (from
+    `text_field`). In a folder, hidden files and non-UTF-8 files are skipped."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -254,7 +286,7 @@ def local_documents(path: str | Path, text_field: str = "text") -> Iterator[Docu
         skipped = []
         for p in files:
             try:
-                yield from _file_documents(p, text_field, in_folder=True)
+                yield from _file_documents(p, text_field, unit=p.relative_to(path).as_posix())
             except _NotText:
                 skipped.append(p.relative_to(path).as_posix())
         if skipped:
@@ -436,8 +468,9 @@ def shard_dtype(vocab_size: int) -> np.dtype:
 
 # %% ../nbs/02_data.ipynb #9c6ba931
 class Splitter:
-    """Sends each document of a stream to `'val'` or `'train'`: by a hash of its text (a `val_fraction` of them),
-    plus the first `min_val_documents` documents and any later copy of those."""
+    """Sends each document of a stream to `'val'` or `'train'` by its source unit (`Document.split_key`: a module, a
+    file, or the text of a row), decided before anything is cut or tokenized: a hash of the unit puts a `val_fraction`
+    of units in val, plus the first `min_val_documents` units and every later document of those units."""
 
     def __init__(self, val_fraction: float = 0.01, min_val_documents: int = 1):
         if not 0 <= val_fraction < 1:
@@ -445,15 +478,22 @@ class Splitter:
         if min_val_documents < 0:
             raise ValueError(f"min_val_documents={min_val_documents} must be >= 0")
         self.val_fraction, self.min_val_documents = val_fraction, min_val_documents
-        self.seen, self.forced = 0, set()
+        self.forced = set()  # units sent to val because they came first
 
-    def __call__(self, text: str) -> str:
-        "The split of the next document of the stream."
-        key = int.from_bytes(hashlib.sha256(text.encode("utf-8", "replace")).digest()[:8], "little")
-        self.seen += 1
-        if self.seen <= self.min_val_documents:
+    def __call__(self, doc: Document | str) -> str:
+        "The split of the next document of the stream (a `Document`, or a text that is its own unit)."
+        unit = doc.split_key if isinstance(doc, Document) else doc
+        key = int.from_bytes(hashlib.sha256(unit.encode("utf-8", "replace")).digest()[:8], "little")
+        if key not in self.forced and len(self.forced) < self.min_val_documents:
             self.forced.add(key)
         return "val" if key in self.forced or key < self.val_fraction * 2**64 else "train"
+
+def training_documents(docs: Iterable[Document], val_fraction: float = 0.01,
+                       min_val_documents: int = 1) -> Iterator[Document]:
+    """The documents of `docs` that `prepare` (with the same split settings) puts in the train split: the only text a
+    tokenizer for this data may learn from, so that validation text stays unseen."""
+    splitter = Splitter(val_fraction, min_val_documents)
+    return (d for d in docs if splitter(d) == "train")
 
 # %% ../nbs/02_data.ipynb #343c4f4d
 def encode_documents(tokenizer, texts: list[str], splits: list[str], bos: bool = True, eos: bool = True) -> dict:
@@ -572,13 +612,14 @@ def _complete(folder: Path, manifest: dict) -> bool:
 def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir: str | Path, *, bos: bool = True,
             eos: bool = True, val_fraction: float = 0.01, min_val_documents: int = 1, shard_tokens: int = 2**27,
             num_workers: int | None = None, chunk_bytes: int = 2**20, progress: bool = True, overwrite: bool = False,
-            name: str | None = None) -> dict:
+            name: str | None = None, only: str | None = None) -> dict:
     """Tokenize `source` into packed shards in `out_dir` (`train-*.bin`, `val-*.bin`, `manifest.json`); returns the manifest.
 
     `source` is a `--data` value, a `Source`, or documents (strings or `Document`s, described by `name`).
     `tokenizer` is a tokenizer object (sent pickled to each worker) or the path of a saved `minillm` tokenizer.
     Each document becomes `[bos] + ids + [eos]` (`bos`/`eos` switch either off). `num_workers=0` tokenizes in this
-    process. The folder appears only when complete; a complete one with the same recipe is reused."""
+    process. `only='val'` puts every document in the val split (held-out text for evaluation). The folder appears
+    only when complete; a complete one with the same recipe is reused."""
     out_dir = Path(out_dir)
     if isinstance(source, str):
         sources = parse_data(source)
@@ -595,7 +636,9 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
         tokenizer = _load_tokenizer(payload)
     else:
         payload = pickle.dumps(tokenizer)
-    splitter = Splitter(val_fraction, min_val_documents)
+    if only not in (None, "train", "val"):
+        raise ValueError(f"only={only!r} must be None, 'train' or 'val'")
+    splitter = Splitter(val_fraction, min_val_documents) if only is None else (lambda doc: only)
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens={shard_tokens} must be >= 1")
     info = _tokenizer_info(tokenizer)
@@ -605,7 +648,7 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
     dtype = shard_dtype(info["vocab_size"])
     recipe = dict(format=FORMAT, source=description, tokenizer=info["fingerprint"], vocab_size=info["vocab_size"],
                   bos=bos, eos=eos, val_fraction=val_fraction, min_val_documents=min_val_documents,
-                  shard_tokens=shard_tokens)
+                  shard_tokens=shard_tokens, **({"only": only} if only else {}))
 
     if out_dir.exists():
         old = _read_manifest(out_dir)
@@ -627,7 +670,7 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
         n_docs = splits["train"]["documents"] + splits["val"]["documents"]
         if n_docs == 0:
             raise ValueError(f"empty corpus: {description} yielded no (non-empty) documents")
-        if splits["train"]["documents"] == 0:
+        if splits["train"]["documents"] == 0 and only != "val":
             raise ValueError(f"no training documents: all {n_docs} went to val "
                              f"(val_fraction={val_fraction}, min_val_documents={min_val_documents}); lower them")
         identity = json.dumps([info["fingerprint"], dtype.name, bos, eos,
@@ -655,7 +698,7 @@ def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_wo
             if not doc.text:
                 continue
             texts.append(doc.text)
-            splits.append(splitter(doc.text))
+            splits.append(splitter(doc))
             size += len(doc.text.encode("utf-8", "replace"))
             if size >= chunk_bytes:
                 yield (texts, splits, bos, eos), size
@@ -850,10 +893,61 @@ def prepare_mixture(specs: str | Iterable[str], tokenizer, cache_dir: str | Path
         parts.append((TokenDataset(folder, "train", tokenizer=tok), s.weight))
     return Mixture(parts)
 
+# %% ../nbs/02_data.ipynb #5b1e0c7d
+_MASK64 = (1 << 64) - 1
+
+def _mix64(*values: int) -> int:
+    "A 64-bit hash of integers (splitmix64 steps): the key of a permutation, an epoch's offset, a Feistel round."
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h
+
+def permute(i: int, n: int, key: int, rounds: int = 4) -> int:
+    """Position `i` of a pseudo-random permutation of range(n) chosen by `key`, without building it: a Feistel network
+    on the smallest even power of two ≥ n, repeated while the result falls outside range(n) (cycle walking). Any n,
+    O(1) memory, so an epoch over billions of windows needs no index array."""
+    if not 0 <= i < n:
+        raise ValueError(f"i={i} must be in 0..{n - 1}")
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = (1 << half) - 1
+    round_keys = [_mix64(key, r) for r in range(rounds)]
+    while True:
+        left, right = i >> half, i & mask
+        for k in round_keys:  # one Feistel round: swap halves, mix the right one into the left
+            h = ((right ^ k) * 0xBF58476D1CE4E5B9) & _MASK64
+            left, right = right, left ^ ((h ^ (h >> 31)) & mask)
+        i = (left << half) | right
+        if i < n:
+            return i
+
+def fit_micro_batch(global_batch: int, micro_batch: int, world_size: int = 1) -> int:
+    """The micro-batch to use: the largest divisor of `global_batch / world_size` that is at most `micro_batch` (the
+    most sequences one device should take at once). Errors only when `global_batch` is not a multiple of `world_size`."""
+    for name, v in dict(global_batch=global_batch, micro_batch=micro_batch, world_size=world_size).items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive integer")
+    if global_batch % world_size:
+        raise ValueError(f"global_batch={global_batch} is not a multiple of world_size={world_size}: every process "
+                         f"needs the same number of sequences per step; use e.g. global_batch="
+                         f"{math.ceil(global_batch / world_size) * world_size}")
+    per_rank = global_batch // world_size
+    return max(m for m in range(1, min(micro_batch, per_rank) + 1) if per_rank % m == 0)
+
 # %% ../nbs/02_data.ipynb #2debbaf4
 class Loader:
-    """Training windows from a `TokenDataset` or `Mixture`: `micro_batches(step)` gives this rank's
-    (x, y) LongTensor pairs of shape (micro_batch, seq_len), which depend only on (seed, step, global_batch)."""
+    """Training windows from a `TokenDataset` or `Mixture`: `micro_batches(step)` gives this rank's (x, y) LongTensor
+    pairs of shape (micro_batch, seq_len), which depend only on (seed, step, global_batch).
+
+    Windows are drawn without replacement: each epoch of a dataset cuts its shards into non-overlapping windows at an
+    offset chosen for that epoch and visits them in an order chosen for that epoch (`permute`), so one epoch reads
+    every token once. Sample j of step s is number g = s · global_batch + j of the run; a mixture deals the samples of
+    each block of `MIXTURE_BLOCK` numbers to its datasets in proportion to their weights, in a shuffled order."""
+
+    MIXTURE_BLOCK = 4096  # samples dealt to a mixture's datasets at a time: weights hold to within 1/4096
+    SAMPLER = "epochs/1"  # recorded in the loader's state: how windows are drawn
 
     def __init__(self, data: TokenDataset | Mixture, seq_len: int, global_batch: int, micro_batch: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: Any = "cpu"):
@@ -871,24 +965,63 @@ class Loader:
         self.seed, self.rank, self.world_size, self.device = int(seed), rank, world_size, device
         self.accum = global_batch // (micro_batch * world_size)
         self.step = 0  # the next step __next__ returns
-        self._cum_weights = np.cumsum(self.data.weights)
-        self._window_ends = []  # per dataset: cumulative count of window starts per shard
-        for ds in self.data.datasets:
-            ends = np.cumsum([max(len(s) - seq_len, 0) for s in ds.shards])
-            if ends[-1] == 0:
-                raise ValueError(f"{ds!r} is too short for seq_len={seq_len}: a window needs seq_len + 1 = "
-                                 f"{seq_len + 1} tokens in one shard (longest: {max(len(s) for s in ds.shards)}); "
-                                 f"lower seq_len or add data")
-            self._window_ends.append(ends)
+        self._windows = [self._window_counts(ds) for ds in self.data.datasets]
+        self._share = self._apportion(self.MIXTURE_BLOCK, self.data.weights)
+        self._blocks: dict[int, tuple] = {}
+
+    def _window_counts(self, ds: TokenDataset) -> tuple[np.ndarray, bool]:
+        """(cumulative windows per shard, whether epochs shift them): as many windows as any epoch offset
+        (0..seq_len-1) leaves room for, or, for data shorter than two windows, windows from the start only."""
+        T = self.seq_len
+        ends = np.cumsum([max((len(s) - T) // T, 0) for s in ds.shards])
+        if ends[-1] > 0:
+            return ends, True
+        ends = np.cumsum([max((len(s) - 1) // T, 0) for s in ds.shards])
+        if ends[-1] == 0:
+            raise ValueError(f"{ds!r} is too short for seq_len={T}: a window needs seq_len + 1 = {T + 1} tokens in one "
+                             f"shard (longest: {max(len(s) for s in ds.shards)}); lower seq_len or add data")
+        return ends, False
+
+    @staticmethod
+    def _apportion(total: int, weights: list[float]) -> np.ndarray:
+        "Whole numbers in proportion to `weights` that sum to `total` (largest remainders), each at least 1."
+        exact = np.asarray(weights) * total
+        counts = np.maximum(np.floor(exact).astype(np.int64), 1)
+        for c in np.argsort(-(exact - np.floor(exact)), kind="stable")[: total - counts.sum()]:
+            counts[c] += 1
+        return counts
+
+    def _block(self, b: int) -> tuple:
+        "(dataset of each position, its rank among that dataset's positions) in mixture block `b` (cached)."
+        if b not in self._blocks:
+            if len(self._blocks) > 4:
+                self._blocks.clear()
+            rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([self.seed, b, 1])))
+            owner = rng.permutation(np.repeat(np.arange(len(self._share)), self._share))
+            rank = np.zeros(len(owner), dtype=np.int64)
+            for c in range(len(self._share)):
+                where = owner == c
+                rank[where] = np.arange(where.sum())
+            self._blocks[b] = owner, rank
+        return self._blocks[b]
 
     def locate(self, step: int, j: int) -> tuple[int, int, int]:
         "Where sample `j` of the global batch at `step` comes from: (dataset index, shard index, start token)."
-        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([self.seed, step, j])))
-        c = min(int(np.searchsorted(self._cum_weights, rng.random(), side="right")), len(self._window_ends) - 1)
-        ends = self._window_ends[c]
-        w = int(rng.integers(ends[-1]))
+        g = step * self.global_batch + j
+        if len(self._windows) == 1:
+            c, k = 0, g
+        else:  # the k-th sample dealt to dataset c
+            b, p = divmod(g, self.MIXTURE_BLOCK)
+            owner, rank = self._block(b)
+            c = int(owner[p])
+            k = b * int(self._share[c]) + int(rank[p])
+        ends, shifted = self._windows[c]
+        epoch, i = divmod(k, int(ends[-1]))
+        key = _mix64(self.seed, c, epoch)
+        w = permute(i, int(ends[-1]), key)  # the i-th window of this epoch's order
         shard = int(np.searchsorted(ends, w, side="right"))
-        return c, shard, w - (int(ends[shard - 1]) if shard else 0)
+        offset = key % self.seq_len if shifted else 0  # each epoch cuts the windows at another offset
+        return c, shard, offset + (w - (int(ends[shard - 1]) if shard else 0)) * self.seq_len
 
     def sample(self, step: int, j: int) -> np.ndarray:
         "Sample `j` of the global batch at `step`: seq_len + 1 token ids (int64)."
@@ -928,15 +1061,19 @@ class Loader:
         return batches
 
     def state_dict(self) -> dict:
-        "The next step and what it must match on resume (seed, seq_len, global_batch, datasets); not world size."
-        return dict(step=self.step, seed=self.seed, seq_len=self.seq_len, global_batch=self.global_batch,
-                    data=self.data.identity)
+        "The next step and what it must match on resume (sampler, seed, seq_len, global_batch, datasets); not world size."
+        return dict(step=self.step, sampler=self.SAMPLER, seed=self.seed, seq_len=self.seq_len,
+                    global_batch=self.global_batch, data=self.data.identity)
 
     def load_state_dict(self, state: dict) -> None:
         "Resume at `state['step']`, after checking the state comes from a loader with the same data and batch shape."
-        for key in ("seed", "seq_len", "global_batch", "data"):
+        for key in ("step", "seed", "seq_len", "global_batch", "data"):
             if key not in state:
                 raise ValueError(f"not a loader state: no '{key}'")
+        if state.get("sampler") != self.SAMPLER:
+            raise ValueError(f"cannot resume: the saved loader drew windows as {state.get('sampler', 'with replacement')!r}"
+                             f", this one as {self.SAMPLER!r}; the run would see other data than it planned: start a new run")
+        for key in ("seed", "seq_len", "global_batch", "data"):
             mine = getattr(self, key) if key != "data" else self.data.identity
             if json.loads(json.dumps(state[key])) != json.loads(json.dumps(mine)):
                 raise ValueError(f"cannot resume: the saved loader has {key}={state[key]!r}, this one {key}={mine!r}")
@@ -960,16 +1097,18 @@ def _batch_advice(global_batch: int, micro_batch: int, world_size: int) -> str:
 
 # %% ../nbs/02_data.ipynb #756ccae5
 class EvalSet:
-    "The evaluation windows of a loader's `val` splits; `batches()` yields this rank's padded (x, y) batches."
+    """The evaluation windows of the `val` splits of `data` (default: the loader's training data; or held-out text
+    prepared on its own); `batches()` yields this rank's padded (x, y) batches, shaped by the loader."""
 
-    def __init__(self, loader: Loader, max_windows: int | None = None, split: str = "val"):
+    def __init__(self, loader: Loader, max_windows: int | None = None, split: str = "val", data: Mixture | None = None):
         self.loader, T = loader, loader.seq_len
-        self.datasets = [ds.open_split(split) for ds in loader.data.datasets]
+        data = loader.data if data is None else data
+        self.datasets = [ds.open_split(split) for ds in data.datasets]
         available = [sum(max((len(s) - 1) // T, 0) for s in ds.shards) for ds in self.datasets]
         if max_windows is None:
             counts = available
         else:
-            counts = [min(a, max(1, round(w * max_windows))) for a, w in zip(available, loader.data.weights)]
+            counts = [min(a, max(1, round(w * max_windows))) for a, w in zip(available, data.weights)]
         if sum(counts) == 0:
             raise ValueError(f"the {split} split is shorter than one window of seq_len + 1 = {T + 1} tokens: "
                              f"prepare with a larger val_fraction or lower seq_len")

@@ -32,8 +32,8 @@ from .config import LlamaConfig
 from .model import Llama, lm_loss
 
 # %% auto #0
-__all__ = ['AC_MODES', 'PARALLEL', 'PRECISIONS', 'OPTIMIZER_GROUPS', 'DistEnv', 'init_distributed', 'current_env', 'barrier',
-           'destroy_distributed', 'agree', 'free_port', 'spawn', 'InitRecorder', 'unwrap',
+__all__ = ['AC_MODES', 'PARALLEL', 'PRECISIONS', 'OPTIMIZER_GROUPS', 'DistEnv', 'process_group_backend', 'init_distributed',
+           'current_env', 'barrier', 'destroy_distributed', 'agree', 'free_port', 'spawn', 'InitRecorder', 'unwrap',
            'apply_activation_checkpointing', 'activation_memory', 'resolve_parallel', 'resolve_precision', 'shard_fsdp',
            'build_model', 'autocast', 'grad_sync', 'clip_grad_norm', 'train_worker', 'is_sharded_checkpoint',
            'save_sharded', 'load_sharded', 'load_full', 'save_checkpoint_sharded', 'load_checkpoint', 'Preemption']
@@ -69,10 +69,17 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
 
 
+def process_group_backend(device: str | torch.device) -> str:
+    """The backend of a process group for processes computing on `device`: gloo on CPUs; on GPUs, NCCL for CUDA
+    tensors with gloo beside it for CPU tensors (as torchtitan does), so a collective on a CPU tensor (a flag, a
+    timing, a count) works on any machine instead of failing on the first GPU cluster."""
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
 def init_distributed(device: str | torch.device | None = None, timeout_s: float = 1800) -> DistEnv:
     """Join the run torchrun (or `spawn`) started: read RANK, WORLD_SIZE and LOCAL_RANK, pick this process's device
     (`cuda:LOCAL_RANK` when there is a GPU, else the CPU) and, with more than one process, open the process group
-    (NCCL on GPUs, gloo on CPUs). One process without torchrun gets rank 0 of 1 and no process group."""
+    (`process_group_backend`). One process without torchrun gets rank 0 of 1 and no process group."""
     world, rank, local = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"RANK={rank} must be in 0..WORLD_SIZE-1 with WORLD_SIZE={world} >= 1")
@@ -84,8 +91,7 @@ def init_distributed(device: str | torch.device | None = None, timeout_s: float 
             device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
+        dist.init_process_group(process_group_backend(device), rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
     return DistEnv(rank, world, local, device)
 

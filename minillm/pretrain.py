@@ -15,27 +15,116 @@ import torch
 from .config import LlamaConfig
 
 # %% auto #0
-__all__ = ['MFU_CONVENTION', 'PEAK_BF16_TFLOPS', 'SPEED_LADDER', 'plan_run', 'peak_tflops', 'mfu', 'peak_memory_gib',
-           'describe_throughput', 'throughput_summary', 'plot_speed_ladder']
+__all__ = ['GPUS', 'USABLE_MEMORY', 'MFU_CONVENTION', 'PEAK_BF16_TFLOPS', 'SPEED_LADDER', 'activation_elements', 'memory_plan',
+           'plan_run', 'format_plan', 'peak_tflops', 'mfu', 'peak_memory_gib', 'describe_throughput',
+           'throughput_summary', 'plot_speed_ladder']
+
+# %% ../nbs/13_pretrain.ipynb #e5a1c0d7
+GPUS: dict[str, tuple[float, float]] = {
+    # name: (memory in GiB, dense bf16 tensor-core TFLOP/s, NVIDIA datasheets)
+    "a100-40gb": (40.0, 312.0),
+    "a100-80gb": (80.0, 312.0),
+    "h100": (80.0, 989.0),
+    "h200": (141.0, 989.0),
+    "l40s": (48.0, 362.0),
+    "l4": (24.0, 121.0),
+    "a10": (24.0, 125.0),
+}
+
+USABLE_MEMORY = 0.92  # of a GPU's memory, what a run can count on (CUDA context, allocator fragmentation)
+
+def activation_elements(cfg: LlamaConfig, kernels: str = "triton", ac: str = "none") -> int:
+    """Activation elements one token leaves for the backward pass, all layers together (the loss excluded).
+    Per layer: eager PyTorch keeps 8·d + 2·kv + 4·f (the norms' inputs and outputs, q/k/v, RoPE'd q/k, attention
+    output, the MLP's gate, up, silu and product); the fused kernels (norm, RoPE, SwiGLU, flash attention) keep
+    6·d + 2·kv + 3·f. Both counts match `minillm.distributed.activation_memory` measured on real models. Full
+    activation checkpointing keeps each block's input (d) plus one block's activations while it is recomputed."""
+    d, kv, f = cfg.dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    per_layer = 6 * d + 2 * kv + 3 * f if kernels == "triton" else 8 * d + 2 * kv + 4 * f
+    if ac == "full":
+        return cfg.n_layers * d + per_layer
+    if ac != "none":
+        raise ValueError(f"ac={ac!r}: the plan counts activations for 'none' and 'full' checkpointing")
+    return cfg.n_layers * per_layer
+
+def memory_plan(cfg: LlamaConfig, world_size: int, micro_batch: int, seq_len: int, kernels: str = "triton",
+                ac: str = "none") -> dict[str, float]:
+    """Bytes per GPU of an FSDP2 run with float32 master weights and bf16 compute: the float32 shards of weights,
+    gradients and AdamW's two moments (16 bytes per parameter over the GPUs), the bf16 copies gathered for compute
+    (two blocks at a time, the embedding and head whole), and the activations of one micro-batch in bf16 (the loss's
+    logits too, unless the fused cross-entropy never makes them)."""
+    n, tokens = cfg.n_params, micro_batch * seq_len
+    counts = cfg.param_counts()
+    block = (counts["attention"] + counts["mlp"] + counts["norms"]) / cfg.n_layers
+    logits = 0 if kernels == "triton" else tokens * cfg.vocab_size * (2 + 4)  # bf16 logits and their fp32 softmax
+    return {"weights": 4 * n / world_size, "gradients": 4 * n / world_size, "optimizer": 8 * n / world_size,
+            "gathered": 2 * (2 * block + counts["embedding"] + counts["head"]),
+            "activations": 2 * tokens * activation_elements(cfg, kernels, ac) + logits}
 
 # %% ../nbs/13_pretrain.ipynb #36245e81
 def plan_run(cfg: LlamaConfig, tcfg, world_size: int = 1, micro_batch: int | None = None,
-             tokens_per_s_per_gpu: float | None = None) -> dict:
-    """What a training recipe `tcfg` means on `world_size` GPUs: micro-steps per optimizer step (gradient
-    accumulation), tokens per step and in all, total training FLOPs, and, given a throughput, the days it takes."""
-    from minillm.data import _batch_advice
+             tokens_per_s_per_gpu: float | None = None, gpu: str | None = None, mfu: float = 0.56,
+             kernels: str = "triton") -> dict:
+    """What a training recipe `tcfg` means on `world_size` GPUs: the micro-batch that fits the world size and the
+    gradient accumulation it implies, tokens per step and in all, total training FLOPs. On a `gpu` from `GPUS`: the
+    memory per GPU with and without activation checkpointing and whether it fits, the tokens/s each GPU reaches at
+    model FLOP utilization `mfu`, and the days to the recipe's token budget (or give `tokens_per_s_per_gpu`)."""
+    from minillm.data import fit_micro_batch
 
-    micro = micro_batch or tcfg.micro_batch
+    micro = fit_micro_batch(tcfg.global_batch, micro_batch or tcfg.micro_batch, world_size)
     seq_len = tcfg.seq_len or cfg.max_seq_len
-    if tcfg.global_batch % (micro * world_size):
-        raise ValueError(_batch_advice(tcfg.global_batch, micro, world_size))
     tokens_per_step = tcfg.global_batch * seq_len
-    plan = dict(world_size=world_size, micro_batch=micro, accum=tcfg.global_batch // (micro * world_size),
-                tokens_per_step=tokens_per_step, total_tokens=tokens_per_step * tcfg.max_steps,
-                total_flops=tokens_per_step * tcfg.max_steps * cfg.flops_per_token(seq_len))
+    plan = dict(preset=cfg.name, n_params=cfg.n_params, world_size=world_size, micro_batch=micro,
+                accum=tcfg.global_batch // (micro * world_size), seq_len=seq_len, tokens_per_step=tokens_per_step,
+                steps=tcfg.max_steps, total_tokens=tokens_per_step * tcfg.max_steps,
+                flops_per_token=cfg.flops_per_token(seq_len),
+                total_flops=tokens_per_step * tcfg.max_steps * cfg.flops_per_token(seq_len), kernels=kernels)
+    if gpu is not None:
+        if gpu not in GPUS:
+            raise ValueError(f"unknown GPU '{gpu}'; known: {', '.join(GPUS)}")
+        if not 0 < mfu <= 1:
+            raise ValueError(f"mfu={mfu} must be a fraction in (0, 1]")
+        memory_gib, peak = GPUS[gpu]
+        plan.update(gpu=gpu, gpu_memory_gib=memory_gib, peak_tflops=peak, mfu=mfu)
+        for ac in ("none", "full"):
+            parts = memory_plan(cfg, world_size, micro, seq_len, kernels, ac)
+            total = sum(parts.values()) / 2**30
+            plan[f"memory_{ac}"] = {k: v / 2**30 for k, v in parts.items()} | {"total": total}
+            plan[f"fits_{ac}"] = total <= USABLE_MEMORY * memory_gib
+        tokens_per_s_per_gpu = tokens_per_s_per_gpu or mfu * peak * 1e12 / plan["flops_per_token"]
     if tokens_per_s_per_gpu:
+        plan["tokens_per_s_per_gpu"] = tokens_per_s_per_gpu
         plan["days"] = plan["total_tokens"] / (tokens_per_s_per_gpu * world_size) / 86400
     return plan
+
+def format_plan(plan: dict) -> str:
+    "`plan_run`'s answer as the lines `minillm plan` prints."
+    p = plan
+    lines = [f"{p['preset']}: {p['n_params']:,} parameters on {p['world_size']} × {p.get('gpu', 'GPU')}"
+             + (f" ({p['gpu_memory_gib']:.0f} GiB, {p['peak_tflops']:.0f} TFLOP/s dense bf16)" if "gpu" in p else ""),
+             f"batch: {p['tokens_per_step'] // p['seq_len']:,} sequences × {p['seq_len']:,} tokens = "
+             f"{p['tokens_per_step']:,} tokens per step; micro-batch {p['micro_batch']} per GPU "
+             f"({p['micro_batch'] * p['seq_len']:,} tokens), {p['accum']} micro-step(s) of gradient accumulation"]
+    if "gpu" in p:
+        kernels = "fused kernels (Triton, flash attention)" if p["kernels"] == "triton" else "eager PyTorch"
+        lines.append(f"memory per GPU, GiB (FSDP2 over {p['world_size']}, fp32 master weights, bf16 compute, {kernels}):")
+        names = dict(weights="weights (fp32 shard)", gradients="gradients (fp32 shard)",
+                     optimizer="AdamW moments (fp32 shard)", gathered="bf16 weights gathered for compute",
+                     activations="activations of one micro-batch", total="total")
+        lines.append(f"  {'':36}{'no checkpointing':>18}{'full checkpointing':>20}")
+        for k, label in names.items():
+            lines.append(f"  {label:36}{p['memory_none'][k]:>18.2f}{p['memory_full'][k]:>20.2f}")
+        usable = USABLE_MEMORY * p["gpu_memory_gib"]
+        fits = f"fits in {usable:.1f} GiB ({USABLE_MEMORY:.0%} of {p['gpu_memory_gib']:.0f})?"
+        lines.append(f"  {fits:36}{'yes' if p['fits_none'] else 'NO':>18}{'yes' if p['fits_full'] else 'NO':>20}")
+    if "tokens_per_s_per_gpu" in p:
+        at = f" at {p['mfu']:.0%} MFU" if "mfu" in p else ""
+        lines.append(f"throughput{at}: {p['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, "
+                     f"{p['tokens_per_s_per_gpu'] * p['world_size']:,.0f} in all "
+                     f"[{p['flops_per_token'] / 1e9:.3f} GFLOP/token = 6N + 12·L·d·T, N without the input embedding]")
+        lines.append(f"time: {p['total_tokens'] / 1e12:,.3f}T tokens ({p['steps']:,} steps) take {p['days']:.1f} days "
+                     f"({p['days'] * p['world_size']:,.0f} GPU-days)")
+    return "\n".join(lines)
 
 # %% ../nbs/13_pretrain.ipynb #9f9e9fa0
 MFU_CONVENTION = ("MFU = tokens/s per GPU × (6N + 12·L·d·T) / peak dense bf16 FLOP/s "

@@ -18,23 +18,24 @@ import tempfile
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from functools import partial
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import LlamaConfig, _closest
-from .data import EvalSet, Loader, Mixture, TokenDataset
+from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'CHUNK_BYTES', 'TrainConfig', 'lr_at',
-           'param_groups', 'make_optimizer', 'resolve_device', 'autocast_dtype', 'autocast', 'use_compile',
-           'build_model', 'unwrap', 'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint',
-           'find_checkpoint', 'Checkpoint', 'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged',
-           'TrainResult', 'train', 'tokenizer_for', 'prepare_data', 'train_run']
+__all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'TrainConfig', 'lr_at', 'param_groups',
+           'make_optimizer', 'resolve_device', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'unwrap',
+           'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint', 'find_checkpoint', 'Checkpoint',
+           'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged', 'TrainResult', 'Schedule',
+           'TimeBudget', 'RunState', 'train_step', 'Run', 'train', 'tokenizer_for', 'prepare_data', 'train_run']
 
 # %% ../nbs/09_train.ipynb #250ac578
 TRAIN_PRESETS: dict[str, dict] = {
@@ -76,6 +77,7 @@ class TrainConfig:
     "How to train: data, optimizer, schedule, batch shape, evaluation, checkpoints, time and device. See `TRAIN_PRESETS`."
     out_dir: str = "runs/run"  # run folder: checkpoints/, metrics.csv, loss.png, data/ (token and tokenizer cache)
     data: tuple = ("builtin",)  # data sources (`minillm.data.parse_data` values: builtin, a path, hf:NAME, a mixture)
+    val_data: tuple = ()  # held-out text to evaluate on (same forms as `data`); empty: the val split of `data`
     tokenizer: str | None = None  # a saved tokenizer; None: train a BPE tokenizer of the model's vocab_size on the data
     tokenizer_bytes: int = 4_000_000  # how much text that tokenizer is trained on
     lr: float = 3e-3  # peak learning rate
@@ -83,7 +85,7 @@ class TrainConfig:
     warmup: int = 100  # steps of linear warmup
     max_steps: int = 2000  # optimizer steps (the cosine reaches min_lr here)
     global_batch: int = 32  # sequences per optimizer step, all processes together
-    micro_batch: int = 16  # sequences per forward/backward on one process
+    micro_batch: int = 16  # at most this many sequences per forward/backward on one process (fitted to the world size)
     seq_len: int | None = None  # tokens per sequence; None: the model's max_seq_len
     weight_decay: float = 0.1  # decoupled (AdamW), on matmul weights only
     betas: tuple = (0.9, 0.95)
@@ -111,6 +113,7 @@ class TrainConfig:
         if isinstance(self.data, str):
             self.data = (self.data,)
         self.data = tuple(self.data)
+        self.val_data = (self.val_data,) if isinstance(self.val_data, str) else tuple(self.val_data)
         self.betas = tuple(self.betas)
         _check(len(self.data) > 0 and all(isinstance(d, str) and d.strip() for d in self.data),
                f"data={self.data!r}: give at least one data source (a path, 'builtin', 'hf:NAME' or a mixture)")
@@ -121,9 +124,6 @@ class TrainConfig:
             _check(_is_int(v) and v >= low, f"{f}={v!r} must be an integer >= {low}")
         _check(_is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
         _check(_is_num(self.min_lr) and 0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr!r} must be in [0, lr={self.lr}]")
-        _check(self.global_batch % self.micro_batch == 0,
-               f"global_batch={self.global_batch} is not a multiple of micro_batch={self.micro_batch}: each step "
-               f"accumulates global_batch / (micro_batch × processes) micro-batches")
         _check(self.seq_len is None or (_is_int(self.seq_len) and self.seq_len >= 1),
                f"seq_len={self.seq_len!r} must be a positive integer (or None for the model's max_seq_len)")
         _check(_is_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay={self.weight_decay!r} must be >= 0")
@@ -164,7 +164,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         "Plain dict of every field (JSON-serializable)."
         d = asdict(self)
-        d["data"], d["betas"] = list(self.data), list(self.betas)
+        d["data"], d["val_data"], d["betas"] = list(self.data), list(self.val_data), list(self.betas)
         return d
 
 # %% ../nbs/09_train.ipynb #492b0450
@@ -229,25 +229,17 @@ def use_compile(tcfg: TrainConfig, device: torch.device) -> bool:
     return tcfg.compile if tcfg.compile is not None else device.type == "cuda"
 
 def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model to train, on `device`, initialized from `tcfg.seed`, with the kernels `cfg.kernels` picks (Triton on
-    CUDA for 'auto') and compiled if `use_compile`. The one place a model is made: a distributed run replaces this
-    function to shard or wrap it; the loop only calls the result."""
-    from minillm.model import Llama
+    """The model to train, made the one way every mode shares, in torchtitan's order: built on the meta device, the
+    kernels `cfg.kernels` picks (Triton on CUDA for 'auto'), activation checkpointing, torch.compile (`use_compile`),
+    then FSDP2 or DDP when several processes run; given memory on `device` and initialized exactly as
+    `torch.manual_seed(tcfg.seed); Llama(cfg)` would be on one device."""
+    from minillm.distributed import build_model as build, current_env
+    from minillm.kernels.switch import apply_kernels
 
-    if dist_info()[1] > 1 or tcfg.parallel in ("ddp", "fsdp") or tcfg.activation_checkpointing != "none":
-        from minillm.distributed import build_model as build_parallel, current_env
-
-        precision = "bf16" if autocast_dtype(device, tcfg.dtype) == torch.bfloat16 else "fp32"
-        return build_parallel(cfg, current_env(device), tcfg.parallel, tcfg.activation_checkpointing, precision,
-                              tcfg.seed, compile=use_compile(tcfg, device))
-    torch.manual_seed(tcfg.seed)
-    with torch.device(device):
-        model = Llama(cfg)
-    if cfg.kernels == "triton" or (cfg.kernels == "auto" and device.type == "cuda"):
-        from minillm.kernels.switch import apply_kernels
-
-        apply_kernels(model)  # the kernels chapter's Triton RMSNorm, RoPE, SwiGLU and loss
-    return torch.compile(model) if use_compile(tcfg, device) else model
+    precision = "bf16" if autocast_dtype(device, tcfg.dtype) == torch.bfloat16 else "fp32"
+    kernels = partial(apply_kernels, kernels=cfg.kernels, device=device)
+    return build(cfg, current_env(device), tcfg.parallel, tcfg.activation_checkpointing, precision, tcfg.seed,
+                 compile=use_compile(tcfg, device), prepare=kernels)
 
 def unwrap(model: nn.Module) -> nn.Module:
     "The plain model inside a torch.compile or DDP wrapper (the one whose weights are saved)."
@@ -287,13 +279,15 @@ def evaluate(model: nn.Module, evalset: EvalSet, batch_size: int, ctx=None) -> t
     "(mean validation loss in nats per token, bits per byte) of `model` over `evalset`, global over processes."
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64)
+    total = None  # on the model's device: a GPU process group may have no backend for CPU tensors
     for x, y in evalset.batches(batch_size):
         with ctx or nullcontext():
             loss = model(x, targets=y)
+        if total is None:
+            total = torch.zeros(2, dtype=torch.float32 if x.device.type == "mps" else torch.float64, device=x.device)
         n = (y != -100).sum()
-        if n:
-            total += torch.stack([loss.double().cpu() * n.cpu(), n.double().cpu()])
+        nll = torch.where(n > 0, loss.detach().to(total.dtype) * n, 0.0)  # a batch of padding only adds nothing
+        total += torch.stack([nll, n.to(total.dtype)])
     model.train(was_training)
     total = global_sum(total)
     loss = (total[0] / total[1]).item()
@@ -659,318 +653,450 @@ def _sample(model: nn.Module, tokenizer, prompt: str, n_tokens: int, seed: int) 
         return ""
     return prompt + complete(unwrap(model), tokenizer, prompt, n_tokens, temperature=0.8, top_p=0.95, seed=seed)
 
-# %% ../nbs/09_train.ipynb #01c3c885
-def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *, resume: bool = False,
-          progress: bool = True, verbose: bool = True, start_time: float | None = None,
-          stop_at: int | None = None) -> TrainResult:
-    """Train a model of shape `cfg` with recipe `tcfg` on `data` (its `train` split; evaluation on its `val` split),
-    writing checkpoints, `metrics.csv` and `loss.png` to `tcfg.out_dir`. `tokenizer` (the one `data` was made with)
-    is saved in every checkpoint and used for the closing sample. `resume=True` continues from the latest
-    checkpoint in `tcfg.out_dir`, bit-exactly. `start_time` (a `time.time()`) is where `time_limit` counts from.
-    `stop_at` ends this invocation after that step (evaluating and saving) as if interrupted, the schedule unchanged."""
-    from minillm.distributed import Preemption, agree, grad_sync, load_checkpoint, save_checkpoint_sharded
-    from minillm.pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
+# %% ../nbs/09_train.ipynb #a41c7e02
+@dataclass
+class Schedule:
+    """The learning-rate schedule of a run: linear warmup to `lr`, cosine decay to `min_lr` at `max_steps`. A time
+    limit may refit `max_steps` (and scale `warmup` with it) to what the time allows; `planned_max_steps` keeps the
+    recipe's own length."""
+    lr: float
+    min_lr: float
+    warmup: int
+    max_steps: int
+    planned_max_steps: int
+    planned_warmup: int
+    fitted: bool = False  # refit to a time limit at least once
 
-    start_time = time.time() if start_time is None else start_time
-    t_begin = time.perf_counter() - (time.time() - start_time)  # the same instant on the monotonic clock
-    run_dir = Path(tcfg.out_dir)
-    rank, world = dist_info()
-    main_process = rank == 0
-    device = resolve_device(tcfg.device)
-    amp = autocast_dtype(device, tcfg.dtype)
-    ctx = autocast(device, amp)
-    seq_len = tcfg.seq_len or cfg.max_seq_len
+    @classmethod
+    def of(cls, tcfg: TrainConfig) -> Schedule:
+        "The schedule `tcfg` asks for, its warmup clipped to the run's length."
+        warmup = min(tcfg.warmup, tcfg.max_steps)
+        return cls(tcfg.lr, tcfg.min_lr, warmup, tcfg.max_steps, tcfg.max_steps, warmup)
 
-    # --- everything checked before anything is written
+    def lr_at(self, step: int) -> float:
+        "Learning rate of optimizer step `step` (0-based)."
+        return lr_at(step, self.lr, self.min_lr, self.warmup, self.max_steps)
+
+    def refit(self, end: int, step: int) -> None:
+        """End the schedule at step `end` (never past the planned end, never before `step + 1`), scaling the warmup
+        with it so the schedule never ends inside its warmup."""
+        self.max_steps = max(step + 1, min(end, self.planned_max_steps))
+        self.warmup = min(self.planned_warmup, max(1, round(self.planned_warmup * self.max_steps / self.planned_max_steps)))
+        self.fitted = True
+
+# %% ../nbs/09_train.ipynb #7f3b2d90
+@dataclass
+class TimeBudget:
+    """A run's time limit, in seconds and only seconds. It knows how much time is left (`limit` counted from
+    `started`, on `clock`), what the end of the run costs (final evaluation, checkpoint and closing sample, as
+    measured during the run), and from that whether another step fits and how many do."""
+    limit: float | None = None  # seconds from `started`; None: no limit
+    clock: Callable[[], float] = time.perf_counter
+    started: float | None = None  # clock() when the run started (default: when the budget was made)
+    eval_s: float = 0.0  # the last evaluation took this long
+    save_s: float = 0.0  # the last checkpoint took this long (before the first: `expect_checkpoint`'s estimate)
+    sample_s: float = 0.0  # the closing sample will take about this long
+    step_s_at_eval: float | None = None  # step time when eval_s was measured (the end scales with the machine's speed)
+    step_times: list = field(default_factory=list)
+
+    SAFETY = 1.1  # the end is budgeted at 110% of what it took when measured
+    MARGIN_S = 1.0  # plus this, for drawing loss.png and closing files
+    WRITE_BYTES_PER_S = 200e6  # how fast a first checkpoint is assumed to be written, before one has been timed
+    SAVE_OVERHEAD_S = 0.2  # plus this for its small files, renames and fsyncs
+    RECENT = 20  # steps whose median is the step time
+    REFIT_EVERY = 20  # steps between looks at whether the schedule still fits the time
+    REFIT_TOLERANCE = 0.1  # refit when the steps that fit differ by more than this fraction
+
+    def __post_init__(self):
+        if self.started is None:
+            self.started = self.clock()
+
+    def expect_checkpoint(self, n_bytes: int) -> None:
+        "Until a checkpoint has been timed, assume one of `n_bytes` takes as long as writing them at WRITE_BYTES_PER_S."
+        self.save_s = self.SAVE_OVERHEAD_S + n_bytes / self.WRITE_BYTES_PER_S
+
+    def left(self) -> float:
+        "Seconds left (infinite without a limit)."
+        return math.inf if self.limit is None else self.limit - (self.clock() - self.started)
+
+    def step_time(self) -> float:
+        "Median duration of the recent steps (0 before any)."
+        return float(np.median(self.step_times[-self.RECENT:])) if self.step_times else 0.0
+
+    def end_cost(self) -> float:
+        "Seconds the end of the run needs: evaluation, checkpoint and sample, scaled if the machine has slowed since."
+        slower = 1.0
+        if self.step_s_at_eval and self.step_times:
+            slower = max(1.0, self.step_time() / self.step_s_at_eval)
+        return self.SAFETY * slower * (self.eval_s + self.save_s + self.sample_s) + self.MARGIN_S
+
+    def steps_that_fit(self, seconds_per_step: float) -> int:
+        "Whole steps of `seconds_per_step` that fit before the end must begin."
+        room = self.left() - self.end_cost()
+        return max(0, math.floor(room / seconds_per_step)) if seconds_per_step > 0 else 0
+
+# %% ../nbs/09_train.ipynb #c6d81e4f
+@dataclass
+class RunState:
+    "What a run carries from step to step and records in every checkpoint."
+    schedule: Schedule
+    step: int = 0  # optimizer steps taken
+    tokens: int = 0  # tokens trained on, all processes together
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    last_eval: int | None = None  # step of the last evaluation
+    last_saved: Path | None = None  # the newest checkpoint and its step
+    last_saved_step: int | None = None
+    loss: float | None = None  # the last step's training loss
+    stopped_by: str = "max_steps"
+
+# %% ../nbs/09_train.ipynb #2e9a4b61
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loader, step: int, lr: float, ctx,
+               grad_clip: float) -> tuple[float, float]:
+    """One optimizer step: this process's micro-batches of `step` (gradients exchanged once, with the last), the loss
+    averaged over all processes, the gradient norm clipped to `grad_clip` (0: not clipped), then AdamW at `lr`.
+    Returns (loss, gradient norm before clipping); a step whose loss or norm is not finite is not applied."""
+    from minillm.distributed import clip_grad_norm, grad_sync
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=loader.device)
+    for i, (x, y) in enumerate(loader.micro_batches(step)):
+        with grad_sync(model, i == loader.accum - 1):  # several processes: exchange gradients once per step
+            with ctx:
+                loss = model(x, targets=y)
+            (loss / loader.accum).backward()
+        loss_sum += loss.detach()
+    loss = global_mean(loss_sum / loader.accum).item()
+    grad_norm = clip_grad_norm(model, grad_clip if grad_clip > 0 else math.inf).item()
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+# %% ../nbs/09_train.ipynb #5d0e8c3a
+class Run:
+    """Everything one training run holds: the model, optimizer and data made from `cfg` and `tcfg` (resumed from
+    the run folder's latest checkpoint with `resume`), its `RunState`, `TimeBudget`, logs and checkpoints. `train`
+    drives it; its methods are the loop's "once in a while" parts: `evaluate`, `log`, `save`, `out_of_time`."""
+
+    def __init__(self, cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *,
+                 resume: bool = False, progress: bool = True, verbose: bool = True, budget: TimeBudget | None = None,
+                 val_data: Mixture | None = None):
+        self.cfg, self.tcfg, self.tokenizer = cfg, tcfg, tokenizer
+        self.rank, self.world = dist_info()
+        self.main = self.rank == 0
+        self.device = resolve_device(tcfg.device)
+        self.ctx = autocast(self.device, autocast_dtype(self.device, tcfg.dtype))
+        self.budget = budget or TimeBudget(tcfg.time_limit)
+        self.run_dir = Path(tcfg.out_dir)
+        self.seq_len = tcfg.seq_len or cfg.max_seq_len
+        self.tokens_per_step = tcfg.global_batch * self.seq_len
+        self.fitted_at = 0  # len(budget.step_times) at the last refit of the schedule
+        mixture = _check_data(cfg, self.seq_len, data, tokenizer)
+        micro = fit_micro_batch(tcfg.global_batch, tcfg.micro_batch, self.world)
+        self.loader = Loader(mixture, self.seq_len, tcfg.global_batch, micro, seed=tcfg.seed, rank=self.rank,
+                             world_size=self.world, device=self.device)
+        self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * micro, data=val_data)
+        ckpt = _resumable(self.run_dir, cfg, mixture) if resume else None
+        self.model = build_model(cfg, tcfg, self.device)
+        self.optimizer = make_optimizer(self.model, tcfg, self.device)
+        self.budget.expect_checkpoint(12 * unwrap(self.model).num_params() // self.world)  # fp32 weights + AdamW
+        self.state = RunState(Schedule.of(tcfg))
+        if ckpt is not None:
+            _restore(ckpt, self)
+        self.model.train()
+        self._open_logs(progress, verbose, resumed=ckpt is not None)
+        if micro != tcfg.micro_batch:
+            self.say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step "
+                     f"over {self.world} process(es) in {self.loader.accum} micro-step(s) each")
+        if self.state.schedule.warmup < tcfg.warmup:
+            self.say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
+                     f"{self.state.schedule.warmup}")
+        from minillm.kernels.switch import describe_kernels
+
+        self.say(f"kernels: {describe_kernels(unwrap(self.model))}")
+        if ckpt is not None:
+            self.say(f"resuming from {ckpt.path} at step {self.state.step}")
+
+    def _open_logs(self, progress: bool, verbose: bool, resumed: bool) -> None:
+        "metrics.csv, trackers and the progress bar on the main process; `say` prints there (and nowhere else)."
+        from minillm.pretrain import MFU_CONVENTION, peak_tflops
+
+        self.metrics = self.trackers = self.bar = None
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.state.step if resumed else None)
+            self.trackers = Trackers(self.tcfg, self.run_dir, dict(model=self.cfg.to_dict(), train=self.tcfg.to_dict()))
+            from tqdm import tqdm  # a console bar (tqdm.auto would want notebook widgets)
+
+            self.bar = tqdm(total=self.state.schedule.max_steps, initial=self.state.step, disable=not progress,
+                            unit="step", dynamic_ncols=True)
+        self.verbose, self.progress = verbose and self.main, progress
+        self.peak, source = (peak_tflops(override=self.tcfg.peak_tflops)
+                             if self.tcfg.peak_tflops or self.device.type == "cuda" else (None, ""))
+        if self.peak is not None:
+            self.say(f"{MFU_CONVENTION}; peak {self.peak:.0f} TFLOP/s per GPU ({source})")
+        self.window = [0, 0.0]  # tokens and seconds since the last logged row
+
+    def say(self, msg: str) -> None:
+        "Print a line on the main process (above the progress bar)."
+        if not self.verbose:
+            return
+        if self.bar is not None and self.progress:
+            self.bar.write(msg)
+        else:
+            print(msg)
+
+    def evaluate(self, row: bool = False) -> None:
+        "Validation loss and bits per byte now (timed for the budget); `row` logs them as a row of their own."
+        b, s = self.budget, self.state
+        t = b.clock()
+        s.val_loss, s.val_bpb = evaluate(self.model, self.evalset, self.loader.micro_batch, self.ctx)
+        b.eval_s, b.step_s_at_eval, s.last_eval = b.clock() - t, b.step_time() or None, s.step
+        self.say(f"step {s.step}: val loss {s.val_loss:.4f}, val bpb {s.val_bpb:.4f}")
+        if self.tokenizer is not None and self.tcfg.sample_tokens > 0 and b.limit is not None and not b.sample_s:
+            t, probe = b.clock(), min(8, self.tcfg.sample_tokens)  # time a few tokens: the closing sample's cost
+            _sample(self.model, self.tokenizer, self.tcfg.sample_prompt, probe, self.tcfg.seed)
+            b.sample_s = (b.clock() - t) * self.tcfg.sample_tokens / probe
+        if row and self.metrics:
+            self.metrics.write(step=s.step, val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6), tokens=s.tokens,
+                               elapsed_s=f"{b.clock() - b.started:.2f}")
+
+    def log(self, lr: float, grad_norm: float, seconds: float) -> None:
+        "After a step: the progress bar, and every `log_every` steps (or at an evaluation) a row of metrics.csv."
+        from minillm.pretrain import mfu, peak_memory_gib
+
+        s, tcfg = self.state, self.tcfg
+        self.window[0] += self.tokens_per_step
+        self.window[1] += seconds
+        evaluated = s.last_eval == s.step
+        if s.step % tcfg.log_every == 0 or evaluated or s.step == 1:
+            # every process's peak memory, averaged (a collective, so computed on all of them)
+            peak_mem = global_mean(torch.tensor(peak_memory_gib(self.device), device=self.device)).item()
+            if self.metrics:
+                tok_s = self.window[0] / max(self.window[1], 1e-9)
+                row = dict(step=s.step, loss=round(s.loss, 6), lr=f"{lr:.6g}", grad_norm=round(grad_norm, 4),
+                           tokens=s.tokens, tokens_per_s=round(tok_s), peak_mem_gib=round(peak_mem, 3),
+                           mfu=mfu(tok_s / self.world, self.cfg.flops_per_token(self.seq_len), self.peak),
+                           elapsed_s=f"{self.budget.clock() - self.budget.started:.2f}")
+                if evaluated:
+                    row.update(val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6))
+                self.metrics.write(**row)
+                self.trackers.log(s.step, {k: float(v) for k, v in row.items() if v not in ("", None)})
+            self.window = [0, 0.0]
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{s.loss:.3f}", val_bpb=f"{s.val_bpb:.3f}" if s.val_bpb else "-",
+                                 tok_s=f"{self.tokens_per_step / max(seconds, 1e-9):,.0f}", refresh=False)
+
+    def save(self) -> None:
+        "A checkpoint of this step (every process takes part when the weights are sharded); timed for the budget."
+        from minillm.distributed import save_checkpoint_sharded
+
+        b, s = self.budget, self.state
+        t = b.clock()
+        record = dict(schedule=asdict(s.schedule), loader=self.loader.state_dict(), tokens=s.tokens,
+                      val=dict(loss=s.val_loss, bpb=s.val_bpb), tokenizer=_tokenizer_record(self.tokenizer),
+                      world_size=self.world, n_params=unwrap(self.model).num_params(),
+                      saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        args = (self.run_dir, s.step, self.model, self.optimizer, record, self.cfg, self.tcfg, self.tokenizer)
+        path = save_checkpoint_sharded(*args) if self.world > 1 else save_checkpoint(*args)
+        b.save_s = b.clock() - t
+        s.last_saved, s.last_saved_step = (path if self.main else None), s.step
+
+    def out_of_time(self) -> bool:
+        """Before a step, with a time limit: every `REFIT_EVERY` steps, refit the schedule to the steps the time
+        still allows; True when the next step would eat into the time the end of the run needs. Every process
+        decides from the same numbers (the slowest step, the least time left)."""
+        from minillm.distributed import agree
+
+        b, s, tcfg = self.budget, self.state, self.tcfg
+        if b.limit is None or not b.step_times:
+            return False
+        step_s = b.step_time()
+        per_step = step_s + (b.eval_s / tcfg.eval_every if tcfg.eval_every else 0.0) + (
+            b.save_s / tcfg.save_every if tcfg.save_every else 0.0)
+        step_s, per_step, room = agree([step_s, per_step, -(b.left() - b.end_cost())], device=self.device)
+        room = -room
+        if room < step_s:
+            return True
+        remaining, fits = s.schedule.max_steps - s.step, math.floor(room / per_step)
+        due = len(b.step_times) >= b.RECENT and (not s.schedule.fitted or (len(b.step_times) - self.fitted_at) >= b.REFIT_EVERY)
+        changed = abs(fits - remaining) > b.REFIT_TOLERANCE * remaining
+        if due and (not s.schedule.fitted or (changed and (fits < remaining or s.step < s.schedule.max_steps / 2))):
+            old = s.schedule.max_steps
+            s.schedule.refit(s.step + fits, s.step)
+            self.fitted_at = len(b.step_times)
+            if s.schedule.max_steps != old:
+                self.say(f"time limit: {b.limit:.0f} s leaves room for about {fits} more steps of {per_step * 1000:.0f} "
+                         f"ms; the schedule now ends at step {s.schedule.max_steps} (was {old})")
+                if self.bar is not None:
+                    self.bar.total = s.schedule.max_steps
+                    self.bar.refresh()
+        return False
+
+    def diverged(self, loss: float, grad_norm: float, lr: float) -> TrainingDiverged:
+        "The error for a step whose loss or gradient norm is not finite (its row is logged first)."
+        s = self.state
+        if self.metrics:
+            self.metrics.write(step=s.step + 1, loss=loss, lr=lr, grad_norm=grad_norm)
+        where = (f"the last good checkpoint is {s.last_saved} (step {s.last_saved_step})" if s.last_saved is not None
+                 else "no checkpoint was written yet")
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+        return TrainingDiverged(f"the {what} became {value} at step {s.step + 1} (lr {lr:.3g}): training stopped; "
+                                f"{where}. Try a lower lr, more warmup or a smaller grad_clip")
+
+    def close(self) -> None:
+        for part in (self.bar, self.metrics, self.trackers):
+            if part is not None:
+                part.close()
+
+    def result(self, started: float) -> TrainResult:
+        "The plot and the closing sample (not after a preemption, which must exit quickly), as a `TrainResult`."
+        s, sample = self.state, None
+        if self.main:
+            try:
+                plot_metrics(self.run_dir / "metrics.csv", self.run_dir / "loss.png",
+                             title=f"{self.cfg.name}: {unwrap(self.model).num_params():,} parameters")
+            except Exception as e:  # a picture is never worth losing a run over
+                self.say(f"could not draw loss.png: {e}")
+        if self.tokenizer is not None and self.tcfg.sample_tokens > 0 and s.stopped_by != "preempted":
+            # every process samples: with sharded weights each forward pass needs all of them
+            sample = _sample(self.model, self.tokenizer, self.tcfg.sample_prompt, self.tcfg.sample_tokens, self.tcfg.seed)
+        return TrainResult(step=s.step, loss=s.loss, val_loss=s.val_loss, val_bpb=s.val_bpb, tokens=s.tokens,
+                           elapsed=self.budget.clock() - started, stopped_by=s.stopped_by, checkpoint=s.last_saved,
+                           metrics=self.run_dir / "metrics.csv" if self.main else None, sample=sample)
+
+# %% ../nbs/09_train.ipynb #b7f0a5c2
+def _check_data(cfg: LlamaConfig, seq_len: int, data: TokenDataset | Mixture, tokenizer) -> Mixture:
+    "The training data as a `Mixture`, checked against the model and the tokenizer before anything is written."
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len={seq_len} is longer than the model's max_seq_len={cfg.max_seq_len}: lower seq_len "
                          f"or build the model with a larger max_seq_len")
     mixture = data if isinstance(data, Mixture) else Mixture([(data, 1.0)])
-    if mixture.datasets[0].vocab_size > cfg.vocab_size:
-        raise ValueError(f"the data was tokenized with a {mixture.datasets[0].vocab_size}-token vocabulary but the model "
-                         f"has vocab_size={cfg.vocab_size}: token ids would fall outside the embedding; build the model "
-                         f"with vocab_size >= {mixture.datasets[0].vocab_size}")
+    vocab = mixture.datasets[0].vocab_size
+    if vocab > cfg.vocab_size:
+        raise ValueError(f"the data was tokenized with a {vocab}-token vocabulary but the model has vocab_size="
+                         f"{cfg.vocab_size}: token ids would fall outside the embedding; build the model with "
+                         f"vocab_size >= {vocab}")
     if tokenizer is not None and tokenizer.fingerprint != mixture.datasets[0].tokenizer_fingerprint:
         raise ValueError("the tokenizer given is not the one the data was tokenized with (fingerprints differ)")
-    loader = Loader(mixture, seq_len, tcfg.global_batch, tcfg.micro_batch, seed=tcfg.seed, rank=rank,
-                    world_size=world, device=device)
-    evalset = EvalSet(loader, max_windows=tcfg.eval_batches * tcfg.micro_batch)
-    ckpt = None
-    if resume:
-        ckpt = Checkpoint(run_dir)
-        if ckpt.config.to_dict() != cfg.to_dict():
-            raise ValueError(f"cannot resume from {ckpt.path}: it holds a different model ({_config_diff(ckpt.config.to_dict(), cfg.to_dict())})")
-        saved_tok = ckpt.state.get("tokenizer")
-        data_tok = dict(fingerprint=mixture.datasets[0].tokenizer_fingerprint, vocab_size=mixture.datasets[0].vocab_size)
-        if saved_tok is not None and saved_tok["fingerprint"] != data_tok["fingerprint"]:
-            raise ValueError(f"cannot resume from {ckpt.path}: it was trained with another tokenizer (fingerprint "
-                             f"{saved_tok['fingerprint'][:12]}…) than this data's ({data_tok['fingerprint'][:12]}…)")
+    return mixture
 
-    model = build_model(cfg, tcfg, device)
-    optimizer = make_optimizer(model, tcfg, device)
-    schedule = dict(lr=tcfg.lr, min_lr=tcfg.min_lr, warmup=tcfg.warmup, max_steps=tcfg.max_steps,
-                    planned_max_steps=tcfg.max_steps, fitted=False)
-    step, tokens_seen, last_val = 0, 0, dict(loss=None, bpb=None)
-    if ckpt is not None:
-        if ckpt.sharded or world > 1:  # saved by N processes, loaded by M: see 12_distributed
-            load_checkpoint(ckpt, model, optimizer, device)
-        else:
-            ckpt.load_model(model, device)
-            try:
-                optimizer.load_state_dict(ckpt.optimizer_state(device))
-            except (ValueError, KeyError, RuntimeError) as e:
-                raise ValueError(f"cannot resume from {ckpt.path}: its optimizer state does not fit this model ({e})") from None
-        loader.load_state_dict(ckpt.state["loader"])
-        step, tokens_seen = ckpt.step, int(ckpt.state.get("tokens", 0))
-        last_val = ckpt.state.get("val", last_val)
-        saved = ckpt.state.get("schedule", {})
-        if saved.get("planned_max_steps") == tcfg.max_steps:  # same plan: keep a schedule fitted to the time limit
-            schedule = {**schedule, **{k: saved[k] for k in ("max_steps", "fitted") if k in saved}}
-        _set_rng_state(ckpt.rng_state(), ckpt.state["rng"]["python"], ckpt.state["rng"]["numpy"])
-    model.train()
+def _resumable(run_dir: Path, cfg: LlamaConfig, mixture: Mixture) -> Checkpoint:
+    "The run folder's latest checkpoint, checked to hold this model (its kernels may differ) and this tokenizer."
+    ckpt = Checkpoint(run_dir)
+    saved, wanted = ({k: v for k, v in c.to_dict().items() if k != "kernels"} for c in (ckpt.config, cfg))
+    if saved != wanted:
+        raise ValueError(f"cannot resume from {ckpt.path}: it holds a different model ({_config_diff(saved, wanted)})")
+    saved_tok, fingerprint = ckpt.state.get("tokenizer"), mixture.datasets[0].tokenizer_fingerprint
+    if saved_tok is not None and saved_tok["fingerprint"] != fingerprint:
+        raise ValueError(f"cannot resume from {ckpt.path}: it was trained with another tokenizer (fingerprint "
+                         f"{saved_tok['fingerprint'][:12]}…) than this data's ({fingerprint[:12]}…)")
+    return ckpt
 
-    metrics = trackers = bar = None
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
-        trackers = Trackers(tcfg, run_dir, dict(model=cfg.to_dict(), train=tcfg.to_dict()))
-        from tqdm import tqdm  # a console bar (tqdm.auto would want notebook widgets)
+def _restore(ckpt: Checkpoint, run: Run) -> None:
+    "Load a checkpoint into a run: weights, optimizer, data position, schedule, state and random generators."
+    from minillm.distributed import load_checkpoint
 
-        bar = tqdm(total=schedule["max_steps"], initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    say = (lambda msg: (bar.write(msg) if bar is not None and progress else print(msg))) if main_process and verbose \
-        else (lambda msg: None)
-    if ckpt is not None:
-        say(f"resuming from {ckpt.path} at step {step}")
-    peak, peak_source = peak_tflops(override=tcfg.peak_tflops) if tcfg.peak_tflops or device.type == "cuda" else (None, "")
-    flops_per_token = cfg.flops_per_token(seq_len)
-    if peak is not None:
-        say(f"{MFU_CONVENTION}; peak {peak:.0f} TFLOP/s per GPU ({peak_source})")
+    if ckpt.sharded or run.world > 1:  # saved by N processes, loaded by M: see 12_distributed
+        load_checkpoint(ckpt, run.model, run.optimizer, run.device)
+    else:
+        ckpt.load_model(run.model, run.device)
+        try:
+            run.optimizer.load_state_dict(ckpt.optimizer_state(run.device))
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"cannot resume from {ckpt.path}: its optimizer state does not fit this model ({e})") from None
+    run.loader.load_state_dict(ckpt.state["loader"])
+    s = run.state
+    s.step, s.tokens = ckpt.step, int(ckpt.state.get("tokens", 0))
+    s.val_loss, s.val_bpb = ckpt.state.get("val", {}).get("loss"), ckpt.state.get("val", {}).get("bpb")
+    s.last_eval, s.last_saved, s.last_saved_step = s.step, ckpt.path, s.step
+    saved = ckpt.state.get("schedule", {})
+    if saved.get("planned_max_steps") == s.schedule.planned_max_steps:  # same plan: keep a schedule fitted to the time
+        for k in ("max_steps", "warmup", "fitted"):
+            if k in saved:
+                setattr(s.schedule, k, saved[k])
+    _set_rng_state(ckpt.rng_state(), ckpt.state["rng"]["python"], ckpt.state["rng"]["numpy"])
 
-    tokens_per_step = tcfg.global_batch * seq_len
-    times = dict(eval=None, save=None, step_at_eval=None)
-    step_times: list[float] = []
-    fitted_at = step
+# %% ../nbs/09_train.ipynb #01c3c885
+def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *, resume: bool = False,
+          progress: bool = True, verbose: bool = True, start_time: float | None = None, stop_at: int | None = None,
+          budget: TimeBudget | None = None, val_data: Mixture | None = None) -> TrainResult:
+    """Train a model of shape `cfg` with recipe `tcfg` on `data` (its `train` split; evaluation on its `val` split, or
+    on `val_data`'s), writing checkpoints, `metrics.csv` and `loss.png` to `tcfg.out_dir`. `tokenizer` (the one `data`
+    was made with) is saved in every checkpoint and writes the closing sample. `resume=True` continues from the latest
+    checkpoint in `tcfg.out_dir`, bit-exactly. The time limit counts from `start_time` (a `time.time()`), or is the
+    `budget` given (a `TimeBudget`, e.g. on another clock). `stop_at` ends this invocation after that step (evaluated
+    and saved) as if interrupted, the schedule unchanged."""
+    from minillm.distributed import Preemption
 
-    def remaining() -> float:
-        return math.inf if tcfg.time_limit is None else tcfg.time_limit - (time.perf_counter() - t_begin)
-
-    def reserve() -> float:
-        "Seconds kept for the final evaluation, checkpoint and sample, scaled by how much the machine has slowed since."
-        ev = times["eval"] if times["eval"] is not None else 0.0
-        sv = times["save"] if times["save"] is not None else 1.0
-        slower = 1.0
-        ref = times["step_at_eval"] or (float(np.median(step_times[:5])) if len(step_times) >= 5 else None)
-        if ref and step_times:  # step time when the evaluation was timed (or soon after)
-            slower = max(1.0, float(np.median(step_times[-5:])) / ref)
-        return slower * (1.2 * ev + 1.5 * sv + 0.02 * tcfg.sample_tokens) + 3.0  # + drawing loss.png
-
-    def run_eval(at: int) -> None:
-        nonlocal last_eval_step
-        t = time.perf_counter()
-        loss, bpb = evaluate(model, evalset, tcfg.micro_batch, ctx)
-        times["eval"] = time.perf_counter() - t
-        times["step_at_eval"] = float(np.median(step_times[-5:])) if step_times else None
-        last_val.update(loss=loss, bpb=bpb)
-        last_eval_step = at
-        say(f"step {at}: val loss {loss:.4f}, val bpb {bpb:.4f}")
-
-    def save(at: int) -> Path | None:
-        t = time.perf_counter()
-        state = dict(schedule=schedule, loader=loader.state_dict(), tokens=tokens_seen, val=dict(last_val),
-                     tokenizer=_tokenizer_record(tokenizer), world_size=world, n_params=unwrap(model).num_params(),
-                     saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if world > 1:  # every process writes its own shards
-            path = save_checkpoint_sharded(run_dir, at, model, optimizer, state, cfg, tcfg, tokenizer)
-        else:
-            path = save_checkpoint(run_dir, at, model, optimizer, state, cfg, tcfg, tokenizer)
-        times["save"] = time.perf_counter() - t
-        return path if main_process else None
-
-    last_saved = ckpt.path if ckpt is not None else None
-    last_saved_step = step if ckpt is not None else None
-    last_loss, stopped_by = None, "max_steps"
-    last_eval_step = step if ckpt is not None else None
-    window_tokens, window_time = 0, 0.0
+    if budget is None:
+        before = 0.0 if start_time is None else max(0.0, time.time() - start_time)  # e.g. preparing the data
+        budget = TimeBudget(tcfg.time_limit, started=time.perf_counter() - before)
+    started = budget.clock()
+    run = Run(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, budget=budget,
+              val_data=val_data)
+    s, b, sched = run.state, run.budget, run.state.schedule
     preempt = Preemption().install()  # SIGTERM (preemption, a job's time limit): save at the next step and stop
     try:
-        if step == 0 and tcfg.eval_every > 0:
-            run_eval(0)
-            if metrics:
-                metrics.write(step=0, val_loss=last_val["loss"], val_bpb=last_val["bpb"], tokens=0,
-                              elapsed_s=f"{time.perf_counter() - t_begin:.2f}")
-                trackers.log(0, dict(val_loss=last_val["loss"], val_bpb=last_val["bpb"]))
-        while step < min(schedule["max_steps"], stop_at if stop_at is not None else math.inf):
-            # --- the time limit: fit the schedule once, then stop when the next step would eat the reserve
-            if tcfg.time_limit is not None and step_times:
-                # every process decides from the same numbers: the slowest step time, the least time left
-                per_step, left = agree([float(np.median(step_times[-20:])), -remaining()])
-                left = -left
-                fit = min(step + int((left - reserve()) / per_step * 0.97), schedule["planned_max_steps"])
-                left = schedule["max_steps"] - step
-                # fit after 20 steps; then every 20 steps while the machine's speed changes by 10% or more: in the
-                # first half of the schedule either way, later only shorter (a late rise in learning rate hurts)
-                if len(step_times) >= 20 and (not schedule["fitted"] or (step - fitted_at >= 20 and (
-                        fit < step + 0.9 * left or (step < schedule["max_steps"] / 2 and fit > step + 1.1 * left)))):
-                    schedule["fitted"], fitted_at = True, step
-                    if max(fit, step + 1) != schedule["max_steps"]:
-                        say(f"time limit: {tcfg.time_limit:.0f} s leaves room for about {fit} steps at "
-                            f"{per_step * 1000:.0f} ms each; the schedule now ends at step {max(fit, step + 1)} "
-                            f"(was {schedule['max_steps']})")
-                        schedule["max_steps"] = max(fit, step + 1)
-                        if bar is not None:
-                            bar.total = schedule["max_steps"]; bar.refresh()
-                        if step >= schedule["max_steps"]:
-                            break
-                if left < per_step + reserve():
-                    stopped_by = "time_limit"
-                    say(f"time limit: stopping at step {step} to leave time for evaluation and saving")
-                    break
-            t_step = time.perf_counter()
-            lr = lr_at(step, schedule["lr"], schedule["min_lr"], schedule["warmup"], schedule["max_steps"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for i, (x, y) in enumerate(loader.micro_batches(step)):
-                with grad_sync(model, i == loader.accum - 1):  # several processes: exchange gradients once per step
-                    with ctx:
-                        loss = model(x, targets=y)
-                    (loss / loader.accum).backward()
-                loss_sum += loss.detach()
-            loss_global = global_mean(loss_sum / loader.accum).item()
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-            if not (math.isfinite(loss_global) and math.isfinite(grad_norm)):
-                if metrics:
-                    metrics.write(step=step + 1, loss=loss_global, lr=lr, grad_norm=grad_norm)
-                where = (f"the last good checkpoint is {last_saved} (step {last_saved_step})" if last_saved is not None
-                         else "no checkpoint was written yet")
-                raise TrainingDiverged(f"the {'loss' if not math.isfinite(loss_global) else 'gradient norm'} became "
-                                       f"{loss_global if not math.isfinite(loss_global) else grad_norm} at step "
-                                       f"{step + 1} (lr {lr:.3g}): training stopped; {where}. Try a lower lr, more "
-                                       f"warmup or a smaller grad_clip")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loader.step = step
-            tokens_seen += tokens_per_step
-            last_loss = loss_global
-            dt = time.perf_counter() - t_step
-            step_times.append(dt)
-            window_tokens += tokens_per_step
-            window_time += dt
-            is_last = step >= schedule["max_steps"]
-            do_eval = (tcfg.eval_every > 0 and step % tcfg.eval_every == 0) or is_last
-            if do_eval:
-                run_eval(step)
-            log_now = step % tcfg.log_every == 0 or do_eval or step == 1
-            # every process's peak memory, averaged (a collective, so computed on all of them)
-            peak_mem = global_mean(torch.tensor(peak_memory_gib(device), device=device)).item() if log_now else None
-            if main_process and log_now:
-                row = dict(step=step, loss=round(loss_global, 6), lr=f"{lr:.6g}", grad_norm=round(grad_norm, 4),
-                           tokens=tokens_seen, tokens_per_s=round(window_tokens / max(window_time, 1e-9)),
-                           mfu=mfu(window_tokens / max(window_time, 1e-9) / world, flops_per_token, peak),
-                           peak_mem_gib=round(peak_mem, 3),
-                           elapsed_s=f"{time.perf_counter() - t_begin:.2f}")
-                if do_eval:
-                    row.update(val_loss=round(last_val["loss"], 6), val_bpb=round(last_val["bpb"], 6))
-                metrics.write(**row)
-                trackers.log(step, {k: float(v) for k, v in row.items() if v not in ("", None)})
-                window_tokens, window_time = 0, 0.0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_global:.3f}", val_bpb=f"{last_val['bpb']:.3f}" if last_val["bpb"] else "-",
-                                tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)
-            if tcfg.save_every > 0 and step % tcfg.save_every == 0 and not is_last:
-                last_saved, last_saved_step = save(step), step
-            if preempt.requested(device):
-                stopped_by = "preempted"
-                say(f"{preempt.received or 'SIGTERM on another process'}: saving at step {step} and stopping")
+        if s.step == 0 and tcfg.eval_every > 0:
+            run.evaluate(row=True)
+        while s.step < min(sched.max_steps, math.inf if stop_at is None else stop_at):
+            if run.out_of_time():
+                s.stopped_by = "time_limit"
+                run.say(f"time limit: stopping at step {s.step} to leave time for evaluation and saving")
                 break
-        # --- the end: evaluate (unless this step just did), save, draw, sample
-        if stop_at is not None and step >= stop_at and step < schedule["max_steps"]:
-            stopped_by = "stop_at"
-        if last_eval_step != step and stopped_by != "preempted":  # preempted: only the checkpoint, quickly
-            run_eval(step)
-            if metrics:
-                metrics.write(step=step, val_loss=round(last_val["loss"], 6),
-                              val_bpb=round(last_val["bpb"], 6), tokens=tokens_seen,
-                              elapsed_s=f"{time.perf_counter() - t_begin:.2f}")
-        if last_saved_step != step:
-            last_saved, last_saved_step = save(step), step
+            t, lr = b.clock(), sched.lr_at(s.step)
+            loss, grad_norm = train_step(run.model, run.optimizer, run.loader, s.step, lr, run.ctx, tcfg.grad_clip)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise run.diverged(loss, grad_norm, lr)
+            s.step, s.tokens, s.loss = s.step + 1, s.tokens + run.tokens_per_step, loss
+            run.loader.step = s.step
+            b.step_times.append(b.clock() - t)
+            last = s.step >= sched.max_steps
+            if last or (tcfg.eval_every > 0 and s.step % tcfg.eval_every == 0):
+                run.evaluate()
+            run.log(lr, grad_norm, b.step_times[-1])
+            if tcfg.save_every > 0 and s.step % tcfg.save_every == 0 and not last:
+                run.save()
+            if preempt.requested(run.device):
+                s.stopped_by = "preempted"
+                run.say(f"{preempt.received or 'SIGTERM on another process'}: saving at step {s.step} and stopping")
+                break
+        # --- the end: evaluate (unless this step just did; not when preempted, which must be quick), then save
+        if stop_at is not None and stop_at <= s.step < sched.max_steps:
+            s.stopped_by = "stop_at"
+        elif s.stopped_by == "max_steps" and sched.max_steps < sched.planned_max_steps:
+            s.stopped_by = "time_limit"  # the schedule was refit to end where the time runs out
+        if s.last_eval != s.step and s.stopped_by != "preempted":
+            run.evaluate(row=True)
+        if s.last_saved_step != s.step:
+            run.save()
     finally:
         preempt.uninstall()
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
-        if trackers is not None:
-            trackers.close()
-    sample = None
-    if main_process:
-        try:
-            plot_metrics(run_dir / "metrics.csv", run_dir / "loss.png", title=f"{cfg.name}: {unwrap(model).num_params():,} parameters")
-        except Exception as e:  # a picture is never worth losing a run over
-            say(f"could not draw loss.png: {e}")
-    if tokenizer is not None and tcfg.sample_tokens > 0 and stopped_by != "preempted":
-        # every process samples: with sharded weights each forward pass needs all of them
-        sample = _sample(model, tokenizer, tcfg.sample_prompt, tcfg.sample_tokens, tcfg.seed)
-    return TrainResult(step=step, loss=last_loss, val_loss=last_val["loss"], val_bpb=last_val["bpb"], tokens=tokens_seen,
-                       elapsed=time.perf_counter() - t_begin, stopped_by=stopped_by, checkpoint=last_saved,
-                       metrics=run_dir / "metrics.csv" if main_process else None, sample=sample)
-
-# %% ../nbs/09_train.ipynb #116a090a
-CHUNK_BYTES = 8192
-
-def _chunked(docs: Iterable, chunk_bytes: int = CHUNK_BYTES) -> Iterator:
-    "Documents longer than `chunk_bytes` of UTF-8, cut at line breaks into pieces of at most about that size."
-    from minillm.data import Document
-
-    for doc in docs:
-        if len(doc.text.encode("utf-8", "replace")) <= chunk_bytes:
-            yield doc
-            continue
-        piece, size, n = [], 0, 0
-        for line in doc.text.splitlines(keepends=True):
-            b = len(line.encode("utf-8", "replace"))
-            if piece and size + b > chunk_bytes:
-                yield Document("".join(piece), doc.kind, f"{doc.name}#{n}")
-                piece, size, n = [], 0, n + 1
-            piece.append(line); size += b
-        if piece:
-            yield Document("".join(piece), doc.kind, f"{doc.name}#{n}")
-
-def _chunk_bytes(source) -> int | None:
-    """Piece size for a local source: 8 KB, or less for a small text so it still gives about 16 pieces
-    (one or more of which become validation text). None for other sources (their documents are kept whole)."""
-    if source.kind != "local":
-        return None
-    path = Path(source.target)
-    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return int(min(CHUNK_BYTES, max(256, total // 16)))
-
-def _source_documents(source) -> Iterator:
-    "The documents of a source, long local ones cut into pieces."
-    chunk = _chunk_bytes(source)
-    return source.documents() if chunk is None else _chunked(source.documents(), chunk)
+        run.close()
+    return run.result(started)
 
 # %% ../nbs/09_train.ipynb #664091bc
 def tokenizer_for(specs: str | Iterable[str], vocab_size: int, cache_dir: str | Path, max_bytes: int = 4_000_000,
                   verbose: bool = True):
-    """A byte-level BPE tokenizer of `vocab_size` ids trained on the first `max_bytes` of text of the data sources
-    `specs` (each source by its weight), cached in `cache_dir`: a second call with the same arguments loads it."""
-    from minillm.data import parse_data
+    """A byte-level BPE tokenizer of `vocab_size` ids trained on the first `max_bytes` of the training text of the data
+    sources `specs` (each source by its weight; validation units are never seen), cached in `cache_dir`: a second call
+    with the same arguments loads it."""
+    from minillm.data import parse_data, training_documents
     from minillm.tokenizer import Tokenizer
 
     sources = parse_data(specs)
-    key = json.dumps([[s.describe(), s.weight, _chunk_bytes(s)] for s in sources] + [vocab_size, max_bytes])
+    key = json.dumps([[s.describe(), s.weight, "train-split"] for s in sources] + [vocab_size, max_bytes])
     path = Path(cache_dir) / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.bpe.json"
     if path.is_file():
         return Tokenizer.load(path)
     texts = []
     for s in sources:
         budget = max(1, int(max_bytes * s.weight))
-        for doc in _source_documents(s):
+        for doc in training_documents(s.documents()):
             if budget <= 0:
                 break
             text = doc.text.encode("utf-8", "replace")[:budget].decode("utf-8", "ignore")
@@ -995,26 +1121,26 @@ def tokenizer_for(specs: str | Iterable[str], vocab_size: int, cache_dir: str | 
     return tok
 
 # %% ../nbs/09_train.ipynb #796d1075
-def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, progress: bool = True) -> Mixture:
+def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, progress: bool = True,
+                 held_out: bool = False) -> Mixture:
     """Tokenize the data sources `specs` with `tokenizer` into packed shards under `cache_dir` (reused when they
-    exist) and return the training `Mixture` (each source's `val` split is its evaluation text)."""
+    exist) and return the training `Mixture` (each source's `val` split is its evaluation text). `held_out=True`
+    prepares text kept for evaluation only: every document goes to the val split."""
     from minillm.data import parse_data, prepare
 
     parts = []
     for s in parse_data(specs):
-        chunk = _chunk_bytes(s)
-        recipe = json.dumps([s.describe(), str(tokenizer.fingerprint), chunk])
+        recipe = json.dumps([s.describe(), str(tokenizer.fingerprint), "units", held_out])
         slug = re.sub(r"[^A-Za-z0-9]+", "-", s.spec).strip("-")[-40:] or "data"
-        folder = Path(cache_dir) / f"tokens-{slug}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+        folder = Path(cache_dir) / f"{'val' if held_out else 'tokens'}-{slug}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
         try:
-            prepare(_source_documents(s), tokenizer, folder, num_workers=0, progress=progress,
-                    name=s.describe() + (f" (cut into {chunk}-byte pieces)" if chunk else ""))
+            prepare(s, tokenizer, folder, num_workers=0, progress=progress, only="val" if held_out else None)
         except ValueError as e:
             if str(e).startswith("no training documents"):
                 raise ValueError(f"{s.spec}: too little text to hold some out for validation (every piece went to the "
                                  f"val split); give more text, a few kilobytes at least") from None
             raise
-        parts.append((TokenDataset(folder, "train", tokenizer=tokenizer), s.weight))
+        parts.append((TokenDataset(folder, "val" if held_out else "train", tokenizer=tokenizer), s.weight))
     return Mixture(parts)
 
 # %% ../nbs/09_train.ipynb #b522035f
@@ -1043,7 +1169,9 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}: "
                          f"token ids would fall outside the embedding")
     data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
+    val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress and env.is_main, held_out=True) \
+        if tcfg.val_data else None
     if env.rank == 0 and env.world_size > 1:
         barrier(env, timeout_s=24 * 3600)
     return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time,
-                 stop_at=stop_at)
+                 stop_at=stop_at, val_data=val)

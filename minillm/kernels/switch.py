@@ -20,8 +20,8 @@ from .swiglu import swiglu as triton_swiglu
 from ..norm import RMSNorm
 
 # %% auto #0
-__all__ = ['resolve_kernels', 'TritonRMSNorm', 'apply_kernels', 'kernels_in_use', 'train_steps', 'compile_model',
-           'bench_train_step']
+__all__ = ['resolve_kernels', 'TritonRMSNorm', 'apply_kernels', 'kernels_in_use', 'describe_kernels', 'train_steps',
+           'compile_model', 'bench_train_step']
 
 # %% ../../nbs/11_kernels_switch.ipynb #577d4f25
 def _model_device(model: nn.Module) -> torch.device:
@@ -102,6 +102,43 @@ def kernels_in_use(model: nn.Module) -> dict[str, str]:
     if hasattr(model, "loss_fn"):
         found["loss"] = name(model.loss_fn)
     return found
+
+def _short_name(fn, compiled: bool = False) -> str:
+    "triton, torch, sdpa, flash_attn or sdpa(backends) for a seam's implementation; '+compile' when compiled."
+    compiled = compiled or (hasattr(fn, "_torchdynamo_orig_callable") and not getattr(fn, "_torchdynamo_disable", False))
+    fn = getattr(fn, "_torchdynamo_orig_callable", fn)
+    fn = fn if hasattr(fn, "__qualname__") else type(fn)
+    module, name = fn.__module__, fn.__qualname__
+    if name == "flash_attn_attend":
+        short = "flash_attn"
+    elif name.startswith("sdpa_attend_"):
+        short = f"sdpa({name[len('sdpa_attend_'):].replace('_', ',')})"
+    elif module == _attention.__name__ and name == "attend":
+        short = "sdpa" if _attention.flash_attn_func is None else "flash_attn|sdpa"
+    else:
+        short = "triton" if module.startswith("minillm.kernels") else "torch"
+    return short + ("+compile" if compiled and short != "triton" else "")
+
+
+def describe_kernels(model: nn.Module) -> str:
+    """The implementation installed at each seam, read from the built model, in one line:
+    `norm=triton rope=triton swiglu=triton loss=triton attention=sdpa` (`+compile` where torch.compile fuses a
+    PyTorch implementation; Triton kernels are called as they are)."""
+    seams = {}
+    for block in getattr(model, "layers", [model]):
+        compiled = getattr(block, "_compiled_call_impl", None) is not None
+        for m in block.modules():
+            if isinstance(m, RMSNorm):
+                seams.setdefault("norm", "triton" if isinstance(m, TritonRMSNorm) else "torch" + "+compile" * compiled)
+            elif isinstance(m, _attention.Attention):
+                seams.setdefault("rope", _short_name(m.rope, compiled))
+                seams.setdefault("attention", _short_name(m.attend, compiled))
+            elif isinstance(m, _mlp.FeedForward):
+                seams.setdefault("swiglu", _short_name(m.swiglu, compiled))
+    if hasattr(model, "loss_fn"):
+        seams["loss"] = _short_name(model.loss_fn)
+    order = ("norm", "rope", "swiglu", "loss", "attention")
+    return " ".join(f"{k}={seams[k]}" for k in order if k in seams)
 
 # %% ../../nbs/11_kernels_switch.ipynb #8d9c47c0
 def train_steps(model: nn.Module, steps: int = 30, batch_size: int = 2, seq_len: int = 16, lr: float = 3e-3,
