@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 
 import minillm
 
 # %% auto #0
-__all__ = ['cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
+__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -42,7 +44,7 @@ def _train_overrides(args) -> dict:
         out["data"] = tuple(args.data)
     if args.val_data:
         out["val_data"] = tuple(args.val_data)
-    if args.time_limit is not None and not math.isfinite(args.time_limit) or (args.time_limit or 0) < 0:
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit >= 0):
         raise ValueError(f"--time-limit {args.time_limit}: give a number of seconds > 0 (or 0 for no limit)")
     if args.time_limit == 0:
         out["time_limit"] = None  # --time-limit 0: no limit
@@ -54,8 +56,32 @@ def _train_overrides(args) -> dict:
     return out
 
 # %% ../nbs/90_cli.ipynb #1d3b9329
+EXIT_STOPPED = 75  # SIGTERM stopped the run before its end (EX_TEMPFAIL): resume it with --resume
+
+def _check_train_args(args, tcfg) -> None:
+    "What the environment must allow before any work starts, each refused in one line."
+    from minillm.files import check_writable
+    from minillm.train import resolve_device
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give a number of CPU threads >= 1")
+    resolve_device(tcfg.device)  # e.g. --device cuda on a PyTorch without CUDA
+    if Path(tcfg.out_dir).exists() and not Path(tcfg.out_dir).is_dir():
+        raise ValueError(f"--out {tcfg.out_dir} is a file: give a folder for the run")
+    check_writable(tcfg.out_dir, "--out")
+
+def _latest(out_dir) -> str:
+    "Where a stopped run can be continued from, in words."
+    from minillm.train import find_checkpoint
+
+    try:
+        return f"the latest checkpoint, {find_checkpoint(out_dir)}, is intact; --resume continues from it"
+    except FileNotFoundError:
+        return "no checkpoint was written yet"
+
 def cmd_train(args) -> int:
-    "Train a model: the toy preset on the built-in corpus by default. Prints the validation bits per byte and a sample."
+    """Train a model: the toy preset on the built-in corpus by default. Prints the validation bits per byte and a
+    sample. Exit status: 0 when the run finished (or was requeued by Slurm), 75 when SIGTERM stopped it first."""
     import time
 
     start = time.time()
@@ -64,25 +90,50 @@ def cmd_train(args) -> int:
     from minillm.config import LlamaConfig
     from minillm.train import TrainConfig, train_run
 
+    cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
+    tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
+    _check_train_args(args, tcfg)
     if args.threads:
         torch.set_num_threads(args.threads)
     from minillm.distributed import Preemption, destroy_distributed, init_distributed
 
-    cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
-    tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
     env = init_distributed(None if tcfg.device == "auto" else tcfg.device)  # under torchrun: join the others
     try:
         if env.is_main:
             print(f"minillm train: {cfg.name} model ({cfg.n_params:,} parameters) → {tcfg.out_dir}; data: "
                   f"{', '.join(tcfg.data)}" + (f"; time limit {tcfg.time_limit:.0f} s" if tcfg.time_limit else "")
                   + (f"; {env.world_size} processes" if env.world_size > 1 else ""), flush=True)
-        res = train_run(cfg, tcfg, resume=args.resume, progress=not args.no_progress, start_time=start)
+        res = train_run(cfg, tcfg, resume=args.resume, progress=not args.no_progress, start_time=start,
+                        overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        destroy_distributed(env, wait=False)
+        print(f"\nminillm train: interrupted ({_latest(tcfg.out_dir)})", file=sys.stderr)
+        return 130
+    except OSError as e:  # the file system, mid-run: a full disk, a folder that vanished
+        destroy_distributed(env, wait=False)
+        print(f"minillm train: error: {e.strerror or e} ({e.filename or tcfg.out_dir}); {_latest(tcfg.out_dir)}",
+              file=sys.stderr)
+        return 1
     except BaseException:
         destroy_distributed(env, wait=False)
         raise
     destroy_distributed(env)
+    stopped = res.stopped_by == "preempted"
+    # rank 0 asks Slurm to requeue the job; the others know it will when the job runs under Slurm
+    requeued = stopped and (Preemption.requeue() if env.is_main else bool(os.environ.get("SLURM_JOB_ID")))
+    status = EXIT_STOPPED if stopped and not requeued else 0
     if not env.is_main:
-        return 0
+        return status
+    _report(res, cfg, tcfg, env.world_size, start)
+    if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
+        print("requeued: the Slurm job will resume from this checkpoint" if requeued
+              else "stopped by SIGTERM: continue with the same command and --resume")
+    return status
+
+def _report(res, cfg, tcfg, world_size: int, start: float) -> None:
+    "What a finished run prints: steps, validation, where things are, throughput, the sample."
+    import time
+
     print(f"\ndone: {res.step} steps ({res.stopped_by.replace('_', ' ')}), {res.tokens:,} tokens, "
           f"{time.time() - start:.0f} s in all")
     if res.val_bpb is not None:
@@ -90,14 +141,10 @@ def cmd_train(args) -> int:
     print(f"checkpoint: {res.checkpoint}\nmetrics: {res.metrics} (curves: {res.metrics.parent / 'loss.png'})")
     from minillm.pretrain import throughput_summary
 
-    if (line := throughput_summary(res.metrics, cfg, tcfg, env.world_size)) is not None:
+    if (line := throughput_summary(res.metrics, cfg, tcfg, world_size)) is not None:
         print(f"throughput, last logged steps: {line}")
     if res.sample is not None:
         print(f"\nsample:\n{res.sample}")
-    if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
-        print("requeued: the Slurm job will resume from this checkpoint" if Preemption.requeue()
-              else "stopped by SIGTERM: continue with the same command and --resume")
-    return 0
 
 def cmd_plan(args) -> int:
     "Size a pretraining run before renting GPUs: memory per GPU, whether it fits, throughput at an MFU, days."
@@ -160,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--data (same forms as --data), so runs of different tools can be compared on one text")
     s.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its checkpoints, metrics "
+                   "and pictures; the data cache stays); without it a fresh run into another run's folder is refused")
     s.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (the schedule ends here)")
     s.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop in time to evaluate and save within this many seconds of starting (0: no limit)")
@@ -248,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minillm {args.command}: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"\nminillm {args.command}: interrupted (the latest checkpoint is intact; --resume continues from it)",
-              file=sys.stderr)
+        print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
         return 130
 
 # %% ../nbs/90_cli.ipynb #0b07cb55

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -16,7 +17,6 @@ import re
 import shutil
 import sys
 import sysconfig
-import tempfile
 import uuid
 import warnings
 from collections import deque
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
+
+from .files import publish_dir, temp_dir
 
 # torch is imported only where tensors are made: tokenizer worker processes never need it, and each would
 # otherwise spend seconds importing it.
@@ -328,13 +330,29 @@ def hf_documents(name: str, split: str = "train", text_field: str | None = None,
                 raise ValueError(f"{name} has no split '{split}' (splits: {', '.join(ds)})")
             ds = ds[split]
     else:
-        ds = datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
-    for i, row in enumerate(ds):
+        try:
+            ds = datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
+        except ConnectionError as e:
+            raise _unreachable(name, e) from None
+    rows = iter(ds)
+    for i in itertools.count():
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except ConnectionError as e:  # streaming: the connection can fail at any row
+            raise _unreachable(name, e) from None
         if text_field not in row:
             raise ValueError(f"{name}: rows have no field '{text_field}' (fields: {', '.join(row)}); "
                              f"name it with ?field=NAME")
         if keep is None or keep(row):
             yield Document(row[text_field], "text", f"{name}#{i}")
+
+def _unreachable(name: str, e: Exception) -> ValueError:
+    "The one-line error for a Hugging Face dataset that cannot be reached."
+    return ValueError(f"hf:{name}: cannot reach the Hugging Face Hub ({str(e).splitlines()[0]}); offline? Download it "
+                      f"while online, or give --data a local copy (a folder of .jsonl/.parquet/.txt files, or one "
+                      f"saved with Dataset.save_to_disk)")
 
 # %% ../nbs/02_data.ipynb #60a79a7a
 _COMMON_OPTIONS = ("max_documents", "max_bytes")
@@ -661,7 +679,7 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
                     "an incomplete copy of these tokens (a shard is missing or truncated)")
             raise ValueError(f"{out_dir} already holds {what}: pass overwrite=True or choose another folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir(out_dir.parent, out_dir.name)
     try:
         writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in ("train", "val")}
         _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_workers, chunk_bytes, progress,
@@ -751,23 +769,12 @@ def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_wo
 
 # %% ../nbs/02_data.ipynb #374251b8
 def _publish(tmp: Path, out_dir: Path, recipe: dict) -> None:
-    "Move the finished folder `tmp` to `out_dir` in one rename (replacing an old one, or yielding to an identical one)."
-    if out_dir.exists():
-        old = _read_manifest(out_dir)
-        if old is not None and old.get("recipe") == recipe and _complete(out_dir, old):
-            shutil.rmtree(tmp)  # another process finished the same work first
-            return
-        trash = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out_dir, trash)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not out_dir.exists():
-                raise
-            _publish(tmp, out_dir, recipe)
+    "Put the finished folder `tmp` in place as `out_dir` (replacing an old one), or yield to an identical one."
+    old = _read_manifest(out_dir) if out_dir.exists() else None
+    if old is not None and old.get("recipe") == recipe and _complete(out_dir, old):
+        shutil.rmtree(tmp)  # another process finished the same work first
+        return
+    publish_dir(tmp, out_dir)
 
 # %% ../nbs/02_data.ipynb #b81b8e40
 class TokenDataset:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import pickle
@@ -32,11 +33,12 @@ from .config import LlamaConfig
 from .model import Llama, lm_loss
 
 # %% auto #0
-__all__ = ['AC_MODES', 'PARALLEL', 'PRECISIONS', 'OPTIMIZER_GROUPS', 'DistEnv', 'process_group_backend', 'init_distributed',
-           'current_env', 'barrier', 'destroy_distributed', 'agree', 'free_port', 'spawn', 'InitRecorder', 'unwrap',
-           'apply_activation_checkpointing', 'activation_memory', 'resolve_parallel', 'resolve_precision', 'shard_fsdp',
-           'build_model', 'autocast', 'grad_sync', 'clip_grad_norm', 'train_worker', 'is_sharded_checkpoint',
-           'save_sharded', 'load_sharded', 'load_full', 'save_checkpoint_sharded', 'load_checkpoint', 'Preemption']
+__all__ = ['AC_MODES', 'PARALLEL', 'PRECISIONS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'DistEnv', 'process_group_backend',
+           'init_distributed', 'current_env', 'barrier', 'destroy_distributed', 'agree', 'free_port', 'spawn',
+           'InitRecorder', 'unwrap', 'apply_activation_checkpointing', 'activation_memory', 'resolve_parallel',
+           'resolve_precision', 'shard_fsdp', 'build_model', 'autocast', 'grad_sync', 'clip_grad_norm', 'train_worker',
+           'is_sharded_checkpoint', 'save_sharded', 'load_sharded', 'load_full', 'save_checkpoint_sharded',
+           'load_checkpoint', 'Preemption']
 
 # %% ../nbs/12_distributed.ipynb #165e0b7d
 @dataclass(frozen=True)
@@ -504,33 +506,51 @@ def train_worker(preset: str = "debug", overrides: dict | None = None, resume: b
                 val_losses={int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]})
 
 # %% ../nbs/12_distributed.ipynb #c882004f
+_DCP = "torch.distributed.checkpoint"
+# every global a torch.distributed.checkpoint `.metadata` file refers to, exactly: (module, name), no dotted names
+DCP_METADATA_GLOBALS = frozenset(
+    {(f"{_DCP}.metadata", n) for n in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                        "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata",
+                                        "_MEM_FORMAT_ENCODING")}
+    | {(f"{_DCP}.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
+       ("collections", "OrderedDict")}
+    | {(m, n) for m in ("pathlib", "pathlib._local") for n in ("Path", "PosixPath", "PurePosixPath", "WindowsPath",
+                                                              "PureWindowsPath")}
+    | {("torch", n) for n in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+                              "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2")})
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    "Unpickles a DCP `.metadata` file, refusing every global except DCP's own classes and plain torch values."
-    _ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
-                ("pathlib", "PureWindowsPath"), ("pathlib._local", "PosixPath"), ("pathlib._local", "WindowsPath")}
+    """Unpickles a DCP `.metadata` file, refusing every global that is not in `DCP_METADATA_GLOBALS` before anything
+    is imported or looked up: no attribute walking, no module imported on a file's say-so."""
 
     def find_class(self, module: str, name: str):
-        obj = super().find_class(module, name)
-        if (module, name) in self._ALLOWED:
-            return obj
-        if module.startswith("torch.distributed.checkpoint") and isinstance(obj, type):
-            return obj  # dataclasses and enums that describe the checkpoint's tensors
-        if module == "torch" and isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)):
-            return obj
-        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which a checkpoint never needs: "
-                                     f"refusing to load it")
+        if (module, name) not in DCP_METADATA_GLOBALS:
+            raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which a checkpoint never "
+                                         f"needs: refusing to load it")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):  # written by another Python or PyTorch than this one
+            raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which this Python and "
+                                         f"PyTorch do not have") from None
 
 
 def _reader(path: Path):
     "A DCP FileSystemReader whose metadata is read with `_MetadataUnpickler` (nothing in a checkpoint runs code)."
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
             with open(Path(self.path) / ".metadata", "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
+                try:
+                    metadata = _MetadataUnpickler(f).load()
+                except pickle.UnpicklingError as e:
+                    raise ValueError(f"checkpoint {path}: {e}") from None
+                except Exception as e:  # a truncated or garbled file: unpickling fails in many ways, all the same here
+                    raise ValueError(f"checkpoint {path} is corrupt: .metadata cannot be read ({type(e).__name__})") from None
+            if not isinstance(metadata, Metadata):
+                raise ValueError(f"checkpoint {path} is corrupt: .metadata does not describe a checkpoint")
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -649,9 +669,11 @@ def save_checkpoint_sharded(run_dir: str | Path, step: int, model: nn.Module, op
     barrier, rank 0 adds the JSON files and renames the folder into place. Called on every rank."""
     from minillm import train as T
 
+    from minillm.files import publish_dir, write_atomic
+
     env, root = env or current_env(), Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-{final.name}-sharded"  # the same name on every rank
+    tmp = root / f".{final.name}.sharded.tmp"  # the same name on every rank
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -669,21 +691,9 @@ def save_checkpoint_sharded(run_dir: str | Path, step: int, model: nn.Module, op
             full = dict(format=T.CHECKPOINT_FORMAT, **state, step=step, weights="sharded",
                         rng=dict(python=rng["python"], numpy=rng["numpy"]))
             (tmp / "state.json").write_text(json.dumps(full))  # written last: a folder with state.json is complete
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            T._fsync_dir(tmp)
-            if final.exists():
-                os.rename(final, root / f".old-{final.name}-{os.getpid()}")
-            os.rename(tmp, final)
-            T._fsync_dir(root)
-            T._write_atomic(root / "latest", (final.name + "\n").encode())
-            complete = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-            for old in complete[:-keep] if keep > 0 else []:
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-            for junk in list(root.glob(".old-*")):
-                shutil.rmtree(junk, ignore_errors=True)
+            publish_dir(tmp, final)
+            write_atomic(root / "latest", (final.name + "\n").encode())
+            T._prune(root, keep, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

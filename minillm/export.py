@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .config import LlamaConfig
+from .files import check_writable, ordinary_mode
 from .hf import load_hf, save_hf
 from .model import Llama
 from .rope import half_to_interleaved, interleaved_to_half
@@ -22,8 +23,8 @@ from .tokenizer import (GPT4_SPLIT_PATTERN, BPETokenizer, SentencePieceTokenizer
                                bytes_to_unicode)
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'EXPORT_DTYPES', 'GGUF_QUANTS', 'GGUF_PRE_TOKENIZERS', 'load_for_export', 'export', 'export_summary',
-           'gguf_name', 'gguf_state_dict', 'add_gguf_tokenizer', 'save_gguf', 'load_gguf']
+__all__ = ['EXPORT_FORMATS', 'EXPORT_DTYPES', 'GGUF_QUANTS', 'EXPORT_FILES', 'GGUF_PRE_TOKENIZERS', 'load_for_export', 'export',
+           'export_summary', 'gguf_name', 'gguf_state_dict', 'add_gguf_tokenizer', 'save_gguf', 'load_gguf']
 
 # %% ../nbs/14_export.ipynb #fdedcde2
 EXPORT_FORMATS = ("hf", "gguf")
@@ -44,18 +45,37 @@ def _check_export_options(format: str, dtype: str | None, quant: str | None) -> 
                          f"{', '.join(EXPORT_DTYPES)} (--dtype)")
 
 # %% ../nbs/14_export.ipynb #9d28962c
-def _check_output(out: Path, format: str, force: bool) -> None:
-    "Refuse an output path that exists (unless `force`) or has the wrong kind, before any work is done."
+# what an export writes, and so what `force` may replace (anything else in the folder stops it)
+EXPORT_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|"
+                          r"model\.safetensors\.index\.json|tokenizer(_config)?\.json|tokenizer\.model|"
+                          r"tokenizer\.bpe\.json|special_tokens_map\.json|added_tokens\.json")
+
+def _check_output(out: Path, format: str, force: bool, source: Path | None = None) -> None:
+    """Refuse, before any work is done, an output path of the wrong kind, one that exists (unless `force`), and with
+    `force` anything but an earlier export: never the `source` being exported, never a folder of other files."""
+    if source is not None:
+        src, dst = source.resolve(), out.resolve()
+        if src.is_relative_to(dst):  # the source itself, or a folder holding it
+            raise ValueError(f"--out {out} is the run being exported ({source}) or holds it: write the export elsewhere")
     if format == "hf":
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a directory; a Hugging Face export is a directory")
-        if out.is_dir() and any(out.iterdir()) and not force:
-            raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+        if out.is_dir() and any(out.iterdir()):
+            if not force:
+                raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+            others = sorted(p.name for p in out.iterdir() if not EXPORT_FILES.fullmatch(p.name) or not p.is_file())
+            if others or not (out / "config.json").is_file():
+                raise ValueError(f"{out} holds files that are not an export (e.g. {(others or ['no config.json'])[0]}): "
+                                 f"--force replaces only an earlier export; choose another folder")
     else:
         if out.is_dir():
             raise FileExistsError(f"{out} is a directory; a GGUF export is one file, e.g. {out / 'model.gguf'}")
-        if out.exists() and not force:
-            raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+        if out.exists():
+            if not force:
+                raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+            with open(out, "rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise ValueError(f"{out} is not a GGUF file: --force replaces only an earlier export")
 
 # %% ../nbs/14_export.ipynb #9601da58
 def _is_hf_dir(path: Path) -> bool:
@@ -96,7 +116,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, format: str = "hf
     `force`; nothing is ever half-written (temporary file or directory, then rename)."""
     _check_export_options(format, dtype, quant)
     out = Path(out).expanduser()
-    _check_output(out, format, force)
+    _check_output(out, format, force, source=Path(ckpt).expanduser())
+    check_writable(out.parent, "--out")
     model, tok, name = load_for_export(ckpt)
     if format == "hf":
         save_hf(model, out, tokenizer=tok, dtype=EXPORT_DTYPES[dtype] if dtype else None, overwrite=force)
@@ -283,7 +304,7 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.chmod(tmp, ordinary_mode())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

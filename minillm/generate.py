@@ -5,6 +5,8 @@
 # %% ../nbs/10_generate.ipynb #6cfa133c
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -14,8 +16,8 @@ __all__ = ['top_k_filter', 'top_p_filter', 'sample_next', 'generate', 'complete'
 # %% ../nbs/10_generate.ipynb #3ac5b844
 def _check_sampling(temperature, top_k, top_p) -> None:
     "One clear ValueError per bad sampling setting."
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 means greedy)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k={top_k!r} must be a positive integer (or None for no limit)")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):

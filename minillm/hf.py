@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import LlamaConfig
+from .files import publish_dir, temp_dir
 from .model import Llama
 from .tokenizer import Tokenizer, hf_tokenizer_files
 
@@ -294,8 +294,7 @@ def save_hf(model: Llama, path: str | os.PathLike, *, tokenizer: Tokenizer | Non
     hf_config = {**config_to_hf(cfg, bos_token_id=bos_token_id, eos_token_id=eos_token_id),
                  "torch_dtype": str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir(path.parent, path.name)
     try:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         for name, data in extra_files.items():
@@ -312,14 +311,7 @@ def save_hf(model: Llama, path: str | os.PathLike, *, tokenizer: Tokenizer | Non
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        old = None
-        if path.exists():  # move the old directory aside; remove it only once the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)  # an old directory is moved aside, and removed once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

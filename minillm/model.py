@@ -23,9 +23,12 @@ __all__ = ['lm_loss', 'Block', 'Llama']
 # %% ../nbs/07_model.ipynb #b49bc20e
 def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (float32) of the logits `h @ weight.T` against `targets`, skipping targets of -100.
-    `h` (B, T, dim) final hidden states, `weight` (vocab_size, dim) the output head, `targets` (B, T) token ids."""
+    `h` (B, T, dim) final hidden states, `weight` (vocab_size, dim) the output head, `targets` (B, T) token ids.
+    When every target is skipped the loss is 0 and contributes no gradient (a mean over nothing would be NaN)."""
     logits = F.linear(h, weight).float()  # (B, T, vocab_size), float32 for a stable log-softmax
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-100)
+    targets = targets.flatten().long()
+    total = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100, reduction="sum")
+    return total / (targets != -100).sum().clamp(min=1)
 
 # %% ../nbs/07_model.ipynb #dc35bb5a
 class Block(nn.Module):
@@ -100,9 +103,12 @@ class Llama(nn.Module):
             raise ValueError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
         if tokens.dtype not in (torch.long, torch.int32):
             raise ValueError(f"tokens must hold integer token ids (torch.long or torch.int32), got dtype {tokens.dtype}")
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must have shape (batch, seq_len) with seq_len ≥ 1, got shape {tuple(tokens.shape)}"
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, seq_len), got shape {tuple(tokens.shape)}"
                              + (" (use tokens[None] for a single sequence)" if tokens.ndim == 1 else ""))
+        if tokens.numel() == 0:
+            raise ValueError(f"an empty batch: tokens of shape {tuple(tokens.shape)}; give at least one sequence of at "
+                             f"least one token")
         if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
             raise ValueError(f"start_pos={start_pos!r} must be a non-negative int")
         T = tokens.shape[1]
@@ -122,6 +128,10 @@ class Llama(nn.Module):
                 raise ValueError("targets must be an integer tensor of token ids (-100 to skip a position)")
             if targets.shape != tokens.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} must equal tokens shape {tuple(tokens.shape)}")
+            bad = (targets != -100) & ((targets < 0) | (targets >= cfg.vocab_size))
+            if bool(bad.any()):
+                raise ValueError(f"target ids must be in [0, vocab_size={cfg.vocab_size}) or -100 (skipped), got "
+                                 f"{int(targets[bad][0])}")
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: list[KVCache] | None = None, start_pos: int = 0) -> torch.Tensor:

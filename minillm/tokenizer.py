@@ -16,7 +16,6 @@ import os
 import re
 import struct
 import sysconfig
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
@@ -27,6 +26,8 @@ from typing import NamedTuple
 import regex
 import sentencepiece as spm
 import tiktoken
+
+from .files import write_atomic
 
 # %% auto #0
 __all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'PIECE_TYPES', 'merge_pair',
@@ -358,19 +359,6 @@ class Tokenizer(ABC):
             raise ValueError(f"SentencePiece could not train vocab_size={vocab_size}: {reason}") from None
         return SentencePieceTokenizer(model.getvalue())
 
-# %% ../nbs/01_tokenizer.ipynb #0fea3383
-def _write_atomic(path: Path, data: bytes) -> None:
-    "Write `data` to a temporary file next to `path`, then rename: readers never see half a file."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
 # %% ../nbs/01_tokenizer.ipynb #835ac287
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: `merges[i]` is the pair of byte strings whose concatenation is token `256 + i`; special tokens
@@ -467,7 +455,8 @@ class BPETokenizer(Tokenizer):
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / self.FILENAME
-        _write_atomic(path, self.to_json().encode("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.to_json().encode("utf-8"))
         return path
 
     @classmethod
@@ -784,7 +773,8 @@ class SentencePieceTokenizer(Tokenizer):
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / self.FILENAME
-        _write_atomic(path, self.model_proto)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.model_proto)
         return path
 
     @classmethod
@@ -1008,7 +998,7 @@ def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike, model_max_length:
         raise FileExistsError(f"'{path}' exists and is not a directory")
     written = []
     for name, data in hf_tokenizer_files(tok, model_max_length).items():
-        _write_atomic(path / name, data)
+        write_atomic(path / name, data)
         written.append(path / name)
     return written
 

@@ -14,9 +14,7 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
-import uuid
 from contextlib import nullcontext
 from functools import partial
 from dataclasses import asdict, dataclass, field, fields
@@ -29,13 +27,15 @@ from torch import nn
 
 from .config import LlamaConfig, _closest
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
+from .files import FolderLock, publish_dir, temp_dir, write_atomic
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'TrainConfig', 'lr_at', 'param_groups',
-           'make_optimizer', 'resolve_device', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'unwrap',
-           'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint', 'find_checkpoint', 'Checkpoint',
-           'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged', 'TrainResult', 'Schedule',
-           'TimeBudget', 'RunState', 'train_step', 'Run', 'train', 'tokenizer_for', 'prepare_data', 'train_run']
+__all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'RUN_OUTPUTS', 'TrainConfig', 'lr_at',
+           'param_groups', 'make_optimizer', 'resolve_device', 'autocast_dtype', 'autocast', 'use_compile',
+           'build_model', 'unwrap', 'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint',
+           'find_checkpoint', 'Checkpoint', 'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged',
+           'TrainResult', 'Schedule', 'TimeBudget', 'RunState', 'train_step', 'claim_run_folder', 'Run', 'train',
+           'tokenizer_for', 'prepare_data', 'train_run']
 
 # %% ../nbs/09_train.ipynb #250ac578
 TRAIN_PRESETS: dict[str, dict] = {
@@ -296,30 +296,6 @@ def evaluate(model: nn.Module, evalset: EvalSet, batch_size: int, ctx=None) -> t
 # %% ../nbs/09_train.ipynb #e231309d
 CHECKPOINT_FORMAT = "minillm-checkpoint/1"
 
-def _fsync_dir(path: Path) -> None:
-    "Flush a folder's entries (renames) to disk where the OS allows it."
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    "Write `data` to a temporary file beside `path`, flush it, then rename it over `path`."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 def _rng_state() -> dict:
     "Every random generator's state: torch (CPU, CUDA) as tensors, Python and NumPy as JSON-able lists."
     py = random.getstate()
@@ -345,9 +321,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     from safetensors.torch import save_model
 
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = temp_dir(root, final.name)
     try:
         save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -359,27 +334,22 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
         (tmp / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=1))
         full = dict(format=CHECKPOINT_FORMAT, **state, step=step, rng=dict(python=rng["python"], numpy=rng["numpy"]))
         (tmp / "state.json").write_text(json.dumps(full))  # written last: a folder with state.json is complete
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (after a resume): move the old copy aside first
-            trash = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        publish_dir(tmp, final)  # the same step saved again (after a resume) replaces the old copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_atomic(root / "latest", (final.name + "\n").encode())
-    _fsync_dir(root)
+    write_atomic(root / "latest", (final.name + "\n").encode())
+    _prune(root, keep, final)
+    return final
+
+def _prune(root: Path, keep: int, final: Path) -> None:
+    "Keep the newest `keep` complete checkpoints (and `final`); remove the rest and any leftover of a crashed save."
     complete = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
     for old in complete[:-keep] if keep > 0 else []:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
-    for junk in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
+    for junk in root.glob(".step-*"):  # temporary or replaced folders of an interrupted save
         shutil.rmtree(junk, ignore_errors=True)
-    return final
 
 # %% ../nbs/09_train.ipynb #8e5ebafa
 def find_checkpoint(path: str | Path) -> Path:
@@ -525,7 +495,7 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in METRICS_COLUMNS} for r in rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path, buf.getvalue().encode())
+        write_atomic(self.path, buf.getvalue().encode())
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, METRICS_COLUMNS, lineterminator="\n")
 
@@ -577,7 +547,7 @@ def plot_metrics(metrics: str | Path, png: str | Path | None = None, title: str 
     if png is not None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        _write_atomic(Path(png), buf.getvalue())
+        write_atomic(Path(png), buf.getvalue())
     return fig
 
 # %% ../nbs/09_train.ipynb #5eb5951f
@@ -774,6 +744,37 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loade
     optimizer.zero_grad(set_to_none=True)
     return loss, grad_norm
 
+# %% ../nbs/09_train.ipynb #e0c4b7a9
+RUN_OUTPUTS = ("checkpoints", "metrics.csv", "loss.png", "tensorboard")  # what a run writes into its folder
+
+def claim_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> FolderLock:
+    """Make `out_dir` this run's, or refuse in one line: a file is not a folder; a folder another process is training
+    into is locked (the lock, returned, is held until released, and the operating system drops it if the process
+    dies); a fresh run into a folder that holds another run's checkpoints or metrics is refused unless `overwrite`,
+    which removes what a run writes (`RUN_OUTPUTS`) and keeps the data cache."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for the run")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    lock = FolderLock(out).acquire()
+    try:
+        held = [name for name in RUN_OUTPUTS if (out / name).exists()] if not resume else []
+        if held and not overwrite:
+            try:
+                what = f"a checkpoint at step {Checkpoint(out).step}"
+            except (FileNotFoundError, ValueError):
+                what = " and ".join(held)
+            raise ValueError(f"{out} holds another run ({what}): continue it with --resume, train into a fresh --out, "
+                             f"or replace it with --overwrite")
+        for name in held:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
 # %% ../nbs/09_train.ipynb #5d0e8c3a
 class Run:
     """Everything one training run holds: the model, optimizer and data made from `cfg` and `tcfg` (resumed from
@@ -782,7 +783,7 @@ class Run:
 
     def __init__(self, cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *,
                  resume: bool = False, progress: bool = True, verbose: bool = True, budget: TimeBudget | None = None,
-                 val_data: Mixture | None = None):
+                 val_data: Mixture | None = None, overwrite: bool = False):
         self.cfg, self.tcfg, self.tokenizer = cfg, tcfg, tokenizer
         self.rank, self.world = dist_info()
         self.main = self.rank == 0
@@ -806,6 +807,8 @@ class Run:
         if ckpt is not None:
             _restore(ckpt, self)
         self.model.train()
+        # everything is checked: the folder becomes this run's (only the main process writes its files)
+        self.lock = claim_run_folder(self.run_dir, resume, overwrite) if self.main else None
         self._open_logs(progress, verbose, resumed=ckpt is not None)
         if micro != tcfg.micro_batch:
             self.say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step "
@@ -951,6 +954,8 @@ class Run:
         for part in (self.bar, self.metrics, self.trackers):
             if part is not None:
                 part.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def result(self, started: float) -> TrainResult:
         "The plot and the closing sample (not after a preemption, which must exit quickly), as a `TrainResult`."
@@ -1023,13 +1028,14 @@ def _restore(ckpt: Checkpoint, run: Run) -> None:
 # %% ../nbs/09_train.ipynb #01c3c885
 def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *, resume: bool = False,
           progress: bool = True, verbose: bool = True, start_time: float | None = None, stop_at: int | None = None,
-          budget: TimeBudget | None = None, val_data: Mixture | None = None) -> TrainResult:
+          budget: TimeBudget | None = None, val_data: Mixture | None = None, overwrite: bool = False) -> TrainResult:
     """Train a model of shape `cfg` with recipe `tcfg` on `data` (its `train` split; evaluation on its `val` split, or
     on `val_data`'s), writing checkpoints, `metrics.csv` and `loss.png` to `tcfg.out_dir`. `tokenizer` (the one `data`
     was made with) is saved in every checkpoint and writes the closing sample. `resume=True` continues from the latest
     checkpoint in `tcfg.out_dir`, bit-exactly. The time limit counts from `start_time` (a `time.time()`), or is the
     `budget` given (a `TimeBudget`, e.g. on another clock). `stop_at` ends this invocation after that step (evaluated
-    and saved) as if interrupted, the schedule unchanged."""
+    and saved) as if interrupted, the schedule unchanged. A fresh run into a folder that holds another run is refused
+    unless `overwrite` (see `claim_run_folder`)."""
     from minillm.distributed import Preemption
 
     if budget is None:
@@ -1037,7 +1043,7 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         budget = TimeBudget(tcfg.time_limit, started=time.perf_counter() - before)
     started = budget.clock()
     run = Run(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, budget=budget,
-              val_data=val_data)
+              val_data=val_data, overwrite=overwrite)
     s, b, sched = run.state, run.budget, run.state.schedule
     preempt = Preemption().install()  # SIGTERM (preemption, a job's time limit): save at the next step and stop
     try:
@@ -1145,9 +1151,11 @@ def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, p
 
 # %% ../nbs/09_train.ipynb #b522035f
 def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, progress: bool = True,
-              verbose: bool = True, start_time: float | None = None, stop_at: int | None = None) -> TrainResult:
-    """The whole job behind `minillm train`: tokenizer (given, resumed, cached or trained), data, then `train`.
-    The tokenizer and token shards are cached in `out_dir/data/`. `stop_at` is passed on to `train`."""
+              verbose: bool = True, start_time: float | None = None, stop_at: int | None = None,
+              overwrite: bool = False) -> TrainResult:
+    """The whole job behind `minillm train`: the run folder claimed (`claim_run_folder`), the tokenizer (given,
+    resumed, cached or trained), data, then `train`. The tokenizer and token shards are cached in `out_dir/data/`.
+    `stop_at` is passed on to `train`."""
     from minillm.tokenizer import Tokenizer
 
     from minillm.distributed import barrier, current_env
@@ -1157,21 +1165,26 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     env = current_env(resolve_device(tcfg.device))
     if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first (maybe for hours); the others wait
         barrier(env, timeout_s=24 * 3600)
-    if resume:
-        tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
-    elif tcfg.tokenizer is not None:
-        tokenizer = Tokenizer.load(tcfg.tokenizer)
-    else:
-        tokenizer = None
-    if tokenizer is None:
-        tokenizer = tokenizer_for(tcfg.data, cfg.vocab_size, cache, tcfg.tokenizer_bytes, verbose=verbose)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {cfg.vocab_size}: "
-                         f"token ids would fall outside the embedding")
-    data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
-    val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress and env.is_main, held_out=True) \
-        if tcfg.val_data else None
-    if env.rank == 0 and env.world_size > 1:
-        barrier(env, timeout_s=24 * 3600)
-    return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, start_time=start_time,
-                 stop_at=stop_at, val_data=val)
+    lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
+    try:
+        if resume:
+            tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
+        elif tcfg.tokenizer is not None:
+            tokenizer = Tokenizer.load(tcfg.tokenizer)
+        else:
+            tokenizer = None
+        if tokenizer is None:
+            tokenizer = tokenizer_for(tcfg.data, cfg.vocab_size, cache, tcfg.tokenizer_bytes, verbose=verbose)
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                             f"{cfg.vocab_size}: token ids would fall outside the embedding")
+        data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
+        val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress and env.is_main, held_out=True) \
+            if tcfg.val_data else None
+        if env.rank == 0 and env.world_size > 1:
+            barrier(env, timeout_s=24 * 3600)
+        return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose,
+                     start_time=start_time, stop_at=stop_at, val_data=val)
+    finally:
+        if lock is not None:
+            lock.release()

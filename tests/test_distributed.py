@@ -118,7 +118,7 @@ def test_sharded_checkpoint_round_trip_and_safe_metadata(tmp_path):
     # metadata that would run code is refused before anything is loaded
     meta = tmp_path / "ck" / ".metadata"
     meta.write_bytes(pickle.dumps(os.system))
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(ValueError, match="refusing"):
         D.load_sharded(tmp_path / "ck", other)
     with pytest.raises(FileNotFoundError, match="no .metadata"):
         D.load_sharded(tmp_path, other)

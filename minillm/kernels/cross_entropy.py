@@ -124,7 +124,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         n_cols = logits.shape[-1]
         rows = as_rows(logits, n_cols)
         targets = _check_targets(rows.shape[0], n_cols, targets, ignore_index)
-        n_valid = (targets != ignore_index).sum()
+        n_valid = (targets != ignore_index).sum().clamp(min=1)  # every target skipped: loss 0, gradient 0
         losses, lse = _cross_entropy_rows(rows, targets, ignore_index, None, n_valid)
         ctx.save_for_backward(rows, targets, lse, n_valid)
         ctx.shape, ctx.ignore_index = logits.shape, ignore_index
@@ -139,8 +139,10 @@ class CrossEntropyFunction(torch.autograd.Function):
 # %% ../../nbs/11_kernels_cross_entropy.ipynb #90d54e1a
 def cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     "Eager mean cross-entropy in float32 over the last dimension of `logits`, skipping `ignore_index` targets."
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).long(),
-                           ignore_index=ignore_index)
+    targets = targets.reshape(-1).long()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=ignore_index,
+                            reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)  # 0, not NaN, when every target is skipped
 
 
 @torch.compiler.disable  # torch.compile calls the kernels as they are (see 11_kernels_switch)
@@ -191,7 +193,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dh = torch.empty_like(hc) if need_dh else None
         dw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_dw else None
-        n_valid = (targets != ignore_index).sum()
+        n_valid = (targets != ignore_index).sum().clamp(min=1)  # every target skipped: loss 0, gradient 0
         losses = torch.empty(n_rows, dtype=torch.float32, device=h.device)
         chunk = chunk_rows or _chunk_rows(n_rows, vocab_size)
         for start in range(0, n_rows, chunk):

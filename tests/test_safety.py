@@ -1,0 +1,408 @@
+"""Safe with what users download and with what they already have.
+
+Nothing in a checkpoint runs code on load (a battery of pickle gadgets through every loading path); a run folder
+belongs to one run (refused when fresh, locked while training, replaced only on request); `export --force` replaces
+only an earlier export; a run that did not finish says so in its exit status; bad input is one line; files get
+ordinary permissions.
+"""
+import json
+import os
+import pickle
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import minillm.train as T
+from minillm import distributed as D
+from minillm.cli import main
+from minillm.config import LlamaConfig
+from minillm.data import builtin_corpus
+from minillm.train import Checkpoint, MetricsLog, TrainConfig, load_model, prepare_data, tokenizer_for, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = LlamaConfig.from_name("debug")
+
+
+def env(**extra):
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+                **extra)
+
+
+def minillm(*args, cwd, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "minillm", *args], cwd=cwd, env=kw.pop("env", env()),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def one_line_error(res, code=2):
+    "The process failed with `code` and said why in one line, without a traceback."
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert res.returncode == code, (res.returncode, res.stderr[-3000:])
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr[-3000:]
+    return lines[0]
+
+
+class Ran:
+    "What `minillm ARGS` did when run in this process: its exit status and its standard error."
+
+    def __init__(self, capsys, *args):
+        self.returncode = main([str(a) for a in args])
+        self.stderr = capsys.readouterr().err
+
+
+def command(capsys, *args):
+    return Ran(capsys, *args)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    text = d / "text.txt"
+    text.write_text("\n\n".join(doc.text for doc in builtin_corpus(max_bytes=120_000)))
+    tok = tokenizer_for(str(text), CFG.vocab_size, d / "cache", verbose=False)
+    return text, tok, prepare_data(str(text), tok, d / "cache", progress=False)
+
+
+def tcfg(out, **kw):
+    base = dict(out_dir=str(out), data=("unused",), lr=3e-3, min_lr=3e-4, warmup=2, max_steps=4, global_batch=4,
+                micro_batch=4, seq_len=32, eval_every=0, eval_batches=1, save_every=0, log_every=1, sample_tokens=0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    "A finished run folder (debug model, a tokenizer, 4 steps)."
+    _, tok, data = corpus
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(CFG, tcfg(out), data, tok, progress=False, verbose=False)
+    return out
+
+
+# ------------------------------------------------------------------------------------ pickle gadgets
+
+
+def sharded_with(run, tmp_path, metadata: bytes) -> Path:
+    "A copy of `run` whose latest checkpoint claims to be sharded and carries `metadata` as its DCP .metadata."
+    copy = tmp_path / "crafted"
+    shutil.copytree(run, copy)
+    ck = Checkpoint(copy).path
+    state = json.loads((ck / "state.json").read_text())
+    state["weights"] = "sharded"
+    (ck / "state.json").write_text(json.dumps(state))
+    (ck / ".metadata").write_bytes(metadata)
+    (ck / "optimizer_groups.json").write_text("[]")
+    return copy
+
+
+def stack_global(module: str, name: str, arg: str) -> bytes:
+    "Protocol-4 pickle calling module.name(arg) through STACK_GLOBAL."
+    def s(x):
+        b = x.encode()
+        return b"\x8c" + bytes([len(b)]) + b
+    return b"\x80\x04" + s(module) + s(name) + b"\x93" + s(arg) + b"\x85R."
+
+
+GADGETS = {
+    "dotted name": b"ctorch.distributed.checkpoint.filesystem\nio.FileIO\n(S'PWNED'\nS'w'\ntR.",
+    "dotted name, protocol 4": stack_global("torch.distributed.checkpoint.filesystem", "os.system", "touch PWNED"),
+    "dotted name in an allowed module": b"ctorch\nserialization.os.system\n(S'touch PWNED'\ntR.",
+    "builtins": b"cbuiltins\neval\n(S'open(\"PWNED\", \"w\")'\ntR.",
+    "os.system": b"cos\nsystem\n(S'touch PWNED'\ntR.",
+    "subprocess": b"csubprocess\nPopen\n((S'touch'\nS'PWNED'\nltR.",
+    "io": b"cio\nFileIO\n(S'PWNED'\nS'w'\ntR.",
+    "importlib": b"cimportlib\nimport_module\n(S'tabnanny'\ntR.",
+    "functools.partial": b"cfunctools\npartial\n(cos\nsystem\nS'touch PWNED'\ntR(tR.",
+    "a module outside the list": b"ctabnanny\ncheck\n(S'PWNED'\ntR.",
+    "a DCP class through an attribute": stack_global("torch.distributed.checkpoint.metadata", "Metadata.__init__", "x"),
+}
+
+
+@pytest.mark.parametrize("gadget", list(GADGETS))
+def test_crafted_metadata_runs_nothing_on_any_loading_path(corpus, run, tmp_path, gadget, monkeypatch):
+    _, tok, data = corpus
+    crafted = sharded_with(run, tmp_path, GADGETS[gadget])
+    monkeypatch.chdir(tmp_path)
+    was_imported = "tabnanny" in sys.modules
+    from minillm.export import export
+
+    model = LlamaConfig.from_name("debug")
+    loads = {
+        "load_model": lambda: load_model(crafted),
+        "Checkpoint.load_model": lambda: Checkpoint(crafted).load_model(__import__("minillm.model").model.Llama(model)),
+        "export": lambda: export(crafted, tmp_path / "exported"),
+        "train --resume": lambda: train(CFG, tcfg(crafted), data, tok, resume=True, progress=False, verbose=False),
+    }
+    for path, load in loads.items():
+        with pytest.raises(ValueError, match="refusing to load it") as e:
+            load()
+        assert "\n" not in str(e.value), path
+        assert not (tmp_path / "PWNED").exists(), (gadget, path)
+        assert ("tabnanny" in sys.modules) == was_imported, (gadget, path)
+    assert not (tmp_path / "exported").exists()
+
+
+def test_the_reported_exploit_through_the_commands(corpus, run, tmp_path, capsys, monkeypatch):
+    text, _, _ = corpus
+    monkeypatch.chdir(tmp_path)
+    crafted = sharded_with(run, tmp_path, GADGETS["dotted name"])
+    for args in (["generate", "--ckpt", str(crafted), "--prompt", "x"],
+                 ["export", "--ckpt", str(crafted), "--out", str(tmp_path / "exported")],
+                 ["train", "--preset", "debug", "--out", str(crafted), "--resume", "--data", str(text), "--no-progress"]):
+        line = one_line_error(command(capsys, *args))
+        assert "refusing to load it" in line and not (tmp_path / "PWNED").exists(), args
+    assert not (tmp_path / "exported").exists()
+
+
+def test_a_real_sharded_checkpoint_still_loads(tmp_path):
+    cfg = LlamaConfig.from_name("debug")
+    model = D.build_model(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 512, (2, 8)), torch.randint(0, 512, (2, 8))).backward()
+    opt.step()
+    D.save_sharded(tmp_path / "ck", model, opt)
+    other = D.build_model(cfg, seed=1)
+    D.load_sharded(tmp_path / "ck", other, torch.optim.AdamW(other.parameters(), lr=1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------ a run folder is one run's
+
+
+def test_a_fresh_run_into_another_runs_folder_is_refused(corpus, run, tmp_path, capsys):
+    text, tok, data = corpus
+    before = (run / "metrics.csv").read_text(), Checkpoint(run).path
+    with pytest.raises(ValueError, match=r"holds another run .*--resume.*--out.*--overwrite"):
+        train(CFG, tcfg(run), data, tok, progress=False, verbose=False)
+    assert ((run / "metrics.csv").read_text(), Checkpoint(run).path) == before
+    res = command(capsys, "train", "--preset", "debug", "--data", text, "--out", run, "--max-steps", 2, "--no-progress")
+    assert "--resume" in one_line_error(res) and (run / "metrics.csv").read_text() == before[0]
+    # --overwrite replaces what a run writes, and keeps the data cache
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "data").mkdir(exist_ok=True)
+    (copy / "data" / "keep.txt").write_text("cache")
+    res = train(CFG, tcfg(copy, max_steps=2), data, tok, progress=False, verbose=False, overwrite=True)
+    assert res.step == 2 and Checkpoint(copy).step == 2 and (copy / "data" / "keep.txt").is_file()
+    assert [r["step"] for r in MetricsLog.read(copy / "metrics.csv") if r["loss"]] == ["1", "2"]
+
+
+def test_two_runs_into_one_folder_the_second_is_refused(corpus, tmp_path, capsys, monkeypatch):
+    text, _, _ = corpus
+    first = subprocess.Popen([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--data", str(text),
+                              "--out", "run", "--max-steps", "400", "--eval-every", "0", "--no-progress"],
+                             cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 200
+        while time.time() < deadline and first.poll() is None and not (tmp_path / "run" / "metrics.csv").is_file():
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        monkeypatch.chdir(tmp_path)
+        line = one_line_error(command(capsys, "train", "--preset", "debug", "--data", text, "--out", "run",
+                                      "--max-steps", 2, "--no-progress"))
+        assert "is in use by minillm train (pid" in line and str(first.pid) in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    # the first run's lock went with it: the folder can be taken again
+    from minillm.files import FolderLock
+
+    FolderLock(tmp_path / "run").acquire().release()
+
+
+# ------------------------------------------------------------------------------------ export --force
+
+
+def test_export_force_replaces_only_an_earlier_export(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    export = lambda out, *more: command(capsys, "export", "--ckpt", run, "--out", out, *more)
+    for out in (run, run.parent):  # the run itself, or a folder holding it
+        assert "is the run being exported" in one_line_error(export(out, "--force"))
+    assert "holds files that are not an export" in one_line_error(export(Checkpoint(run).path, "--force"))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    assert "holds files that are not an export" in one_line_error(export(other, "--force"))
+    assert (other / "thesis.tex").read_text() == "years of work" and Checkpoint(run).step == 4
+    assert export("hf").returncode == 0
+    first = (tmp_path / "hf" / "model.safetensors").stat().st_mtime_ns
+    assert "--force" in one_line_error(export("hf"))
+    assert export("hf", "--force").returncode == 0
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mtime_ns != first
+    (tmp_path / "notgguf.gguf").write_text("my notes")
+    assert "is not a GGUF file" in one_line_error(export("notgguf.gguf", "--format", "gguf", "--force"))
+    assert (tmp_path / "notgguf.gguf").read_text() == "my notes"
+
+
+# ------------------------------------------------------------------------------------ how a run ends
+
+
+def test_sigterm_and_ctrl_c_say_what_is_left(corpus, tmp_path):
+    text, _, _ = corpus
+    def start(out, *extra):
+        return subprocess.Popen([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--data", str(text),
+                                 "--out", out, "--max-steps", "5000", "--eval-every", "0", "--no-progress", *extra],
+                                cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_for_steps(out):
+        deadline = time.time() + 200
+        while time.time() < deadline:
+            m = tmp_path / out / "metrics.csv"
+            if m.is_file() and any(r["loss"] for r in MetricsLog.read(m)):
+                return
+            time.sleep(0.2)
+        raise AssertionError("training never started")
+
+    p = start("term")
+    try:
+        wait_for_steps("term")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 75, (p.returncode, err[-2000:])  # documented: stopped before the end, resumable
+    assert "stopped by SIGTERM" in out and Checkpoint(tmp_path / "term").step > 0
+    p = start("int", "--save-every", "1000")
+    try:
+        wait_for_steps("int")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "no checkpoint was written yet" in err and "intact" not in err, err[-2000:]
+
+
+# ------------------------------------------------------------------------------------ one-line errors
+
+
+def test_bad_command_lines_are_one_line(tmp_path, run, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["train", "--preset", "debug", "--out", "afile"], "is a file"),
+        (["train", "--preset", "debug", "--out", "r1", "--device", "cuda"], "sees no CUDA GPU"),
+        (["train", "--preset", "debug", "--out", "r2", "--threads", "-1"], "--threads -1"),
+        (["train", "--preset", "debug", "--out", "r3", "--time-limit", "-5"], "--time-limit -5"),
+        (["generate", "--ckpt", str(run), "--prompt", "x", "--temperature", "inf"], "temperature=inf"),
+        (["generate", "--ckpt", str(run), "--prompt", "x", "--temperature", "nan"], "temperature=nan"),
+    ]
+    for args, expected in cases:
+        assert expected in one_line_error(command(capsys, *args)), args
+    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3"))
+
+
+def test_an_hf_dataset_while_offline_is_one_line(tmp_path):
+    e = env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    res = minillm("train", "--preset", "debug", "--data", "hf:nobody/no-such-dataset", "--out", "run",
+                  cwd=tmp_path, env=e)
+    line = one_line_error(res)
+    assert "hf:nobody/no-such-dataset" in line and "offline" in line
+
+
+def unwritable_folder(tmp_path) -> Path:
+    """A folder this process cannot create files in: one with permissions 0o555, or, for root (whom permissions do
+    not stop), a folder of a file system that refuses writes (/sys, /proc)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    for candidate in (ro, Path("/sys/minillm-test"), Path("/proc/minillm-test")):
+        try:
+            candidate.mkdir(exist_ok=True)
+            (candidate / "probe").write_text("x")
+        except OSError:
+            return candidate
+        (candidate / "probe").unlink()
+    raise AssertionError("no unwritable folder found to test with")
+
+
+def test_read_only_folders_are_one_line(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ro = unwritable_folder(tmp_path)
+    line = one_line_error(command(capsys, "train", "--preset", "debug", "--out", ro / "run", "--no-progress"))
+    assert "cannot write there" in line
+    line = one_line_error(command(capsys, "export", "--ckpt", run, "--out", ro / "hf"))
+    assert "cannot write there" in line
+    assert not (ro / "hf").exists() and not (ro / "run").exists()
+
+
+def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(corpus, tmp_path, monkeypatch, capsys):
+    text, _, _ = corpus
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--preset", "debug", "--data", str(text), "--out", "run", "--max-steps", "4", "--save-every", "2",
+            "--eval-every", "0", "--no-progress"]
+    real = T.save_checkpoint
+    calls = []
+
+    def full_disk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "save_checkpoint", full_disk)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "step-0000002" in err[0]
+    assert Checkpoint(tmp_path / "run").step == 2
+
+
+def test_model_inputs_and_losses():
+    from minillm.model import Llama
+
+    model = Llama(CFG)
+    with pytest.raises(ValueError, match="empty batch"):
+        model(torch.zeros(0, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty batch"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    x = torch.randint(0, 512, (2, 6))
+    with pytest.raises(ValueError, match=r"target ids must be in \[0, vocab_size=512\) or -100"):
+        model(x, targets=torch.full((2, 6), 512))
+    # every target ignored: the loss is 0 and adds no gradient (not NaN), for both loss implementations
+    from minillm.kernels.switch import apply_kernels
+
+    for kernels in ("torch", "triton"):
+        m = apply_kernels(Llama(CFG), kernels, device="cpu")
+        loss = m(x, targets=torch.full((2, 6), -100))
+        loss.backward()
+        assert loss.item() == 0.0, kernels
+        assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in m.parameters()), kernels
+
+
+def test_a_long_single_line_text_is_enough(tmp_path):
+    from minillm.tokenizer import Tokenizer
+
+    line = tmp_path / "line.txt"
+    line.write_text(" ".join(f"token{i % 5000}" for i in range(400_000)))  # 3.2 MB, no line break
+    assert line.stat().st_size > 3_000_000
+    tok = Tokenizer.train([line.read_text()[:200_000]], 300)
+    data = prepare_data(str(line), tok, tmp_path / "cache", progress=False)
+    assert data.datasets[0].n_tokens > 0 and data.datasets[0].open_split("val").n_tokens > 0
+
+
+# ------------------------------------------------------------------------------------ permissions
+
+
+def test_files_written_for_users_have_ordinary_permissions(corpus, tmp_path, capsys, monkeypatch):
+    text, _, _ = corpus
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        for args in (["train", "--preset", "debug", "--data", text, "--out", "run", "--max-steps", 2,
+                      "--eval-every", 0, "--no-progress"],
+                     ["export", "--ckpt", "run", "--out", "hf"],
+                     ["export", "--ckpt", "run", "--out", "model.gguf", "--format", "gguf"]):
+            res = command(capsys, *args)
+            assert res.returncode == 0, res.stderr[-3000:]
+    finally:
+        os.umask(old)
+    paths = [p for p in tmp_path.rglob("*") if not p.name.startswith("__")]
+    assert len(paths) > 20
+    bad = [(str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in paths
+           if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)]
+    assert not bad, bad
