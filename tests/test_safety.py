@@ -193,29 +193,6 @@ def test_a_fresh_run_into_another_runs_folder_is_refused(corpus, run, tmp_path, 
     assert [r["step"] for r in MetricsLog.read(copy / "metrics.csv") if r["loss"]] == ["1", "2"]
 
 
-def test_two_runs_into_one_folder_the_second_is_refused(corpus, tmp_path, capsys, monkeypatch):
-    text, _, _ = corpus
-    first = subprocess.Popen([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--data", str(text),
-                              "--out", "run", "--max-steps", "400", "--eval-every", "0", "--no-progress"],
-                             cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 200
-        while time.time() < deadline and first.poll() is None and not (tmp_path / "run" / "metrics.csv").is_file():
-            time.sleep(0.2)
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        monkeypatch.chdir(tmp_path)
-        line = one_line_error(command(capsys, "train", "--preset", "debug", "--data", text, "--out", "run",
-                                      "--max-steps", 2, "--no-progress"))
-        assert "is in use by minillm train (pid" in line and str(first.pid) in line
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=120)
-    # the first run's lock went with it: the folder can be taken again
-    from minillm.files import FolderLock
-
-    FolderLock(tmp_path / "run").acquire().release()
-
-
 # ------------------------------------------------------------------------------------ export --force
 
 
@@ -243,39 +220,46 @@ def test_export_force_replaces_only_an_earlier_export(run, tmp_path, capsys, mon
 # ------------------------------------------------------------------------------------ how a run ends
 
 
-def test_sigterm_and_ctrl_c_say_what_is_left(corpus, tmp_path):
+def test_a_second_writer_is_refused_and_sigterm_says_the_run_did_not_finish(corpus, tmp_path, capsys, monkeypatch):
+    """One run trains; a second into the same folder is refused while it does; SIGTERM stops the first with a
+    checkpoint and the documented exit status 75 (not 0: `minillm train && minillm export` must not export a
+    half-trained model); then the folder is free again."""
     text, _, _ = corpus
-    def start(out, *extra):
-        return subprocess.Popen([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--data", str(text),
-                                 "--out", out, "--max-steps", "5000", "--eval-every", "0", "--no-progress", *extra],
-                                cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def wait_for_steps(out):
+    first = subprocess.Popen([sys.executable, "-m", "minillm", "train", "--preset", "debug", "--data", str(text),
+                              "--out", "run", "--max-steps", "5000", "--eval-every", "0", "--no-progress"],
+                             cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
         deadline = time.time() + 200
-        while time.time() < deadline:
-            m = tmp_path / out / "metrics.csv"
-            if m.is_file() and any(r["loss"] for r in MetricsLog.read(m)):
-                return
+        metrics = tmp_path / "run" / "metrics.csv"
+        while time.time() < deadline and first.poll() is None and not (
+                metrics.is_file() and any(r["loss"] for r in MetricsLog.read(metrics))):
             time.sleep(0.2)
-        raise AssertionError("training never started")
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        monkeypatch.chdir(tmp_path)
+        line = one_line_error(command(capsys, "train", "--preset", "debug", "--data", text, "--out", "run",
+                                      "--max-steps", 2, "--no-progress"))
+        assert "is in use by minillm train (pid" in line and str(first.pid) in line
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 75, (first.returncode, err[-2000:])
+    assert "stopped by SIGTERM" in out and Checkpoint(tmp_path / "run").step > 0
+    from minillm.files import FolderLock
 
-    p = start("term")
-    try:
-        wait_for_steps("term")
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 75, (p.returncode, err[-2000:])  # documented: stopped before the end, resumable
-    assert "stopped by SIGTERM" in out and Checkpoint(tmp_path / "term").step > 0
-    p = start("int", "--save-every", "1000")
-    try:
-        wait_for_steps("int")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 130 and "no checkpoint was written yet" in err and "intact" not in err, err[-2000:]
+    FolderLock(tmp_path / "run").acquire().release()  # the lock went with the process
+
+
+def test_ctrl_c_says_whether_a_checkpoint_exists(run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train_run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    res = command(capsys, "train", "--preset", "debug", "--out", "fresh", "--no-progress")
+    assert res.returncode == 130 and "no checkpoint was written yet" in res.stderr and "intact" not in res.stderr
+    res = command(capsys, "train", "--preset", "debug", "--out", run, "--resume", "--no-progress")
+    assert res.returncode == 130 and f"{Checkpoint(run).path}, is intact" in res.stderr
 
 
 # ------------------------------------------------------------------------------------ one-line errors
