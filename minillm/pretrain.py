@@ -15,51 +15,9 @@ import torch
 from .config import LlamaConfig
 
 # %% auto #0
-__all__ = ['GPUS', 'USABLE_MEMORY', 'MFU_CONVENTION', 'PEAK_BF16_TFLOPS', 'SPEED_LADDER', 'activation_elements', 'memory_plan',
-           'plan_run', 'format_plan', 'peak_tflops', 'mfu', 'peak_memory_gib', 'describe_throughput',
+__all__ = ['GPUS', 'USABLE_MEMORY', 'MFU_CONVENTION', 'PEAK_BF16_TFLOPS', 'SPEED_LADDER', 'plan_run', 'format_plan',
+           'activation_elements', 'memory_plan', 'peak_tflops', 'mfu', 'peak_memory_gib', 'describe_throughput',
            'throughput_summary', 'plot_speed_ladder']
-
-# %% ../nbs/13_pretrain.ipynb #e5a1c0d7
-GPUS: dict[str, tuple[float, float]] = {
-    # name: (memory in GiB, dense bf16 tensor-core TFLOP/s, NVIDIA datasheets)
-    "a100-40gb": (40.0, 312.0),
-    "a100-80gb": (80.0, 312.0),
-    "h100": (80.0, 989.0),
-    "h200": (141.0, 989.0),
-    "l40s": (48.0, 362.0),
-    "l4": (24.0, 121.0),
-    "a10": (24.0, 125.0),
-}
-
-USABLE_MEMORY = 0.92  # of a GPU's memory, what a run can count on (CUDA context, allocator fragmentation)
-
-def activation_elements(cfg: LlamaConfig, kernels: str = "triton", ac: str = "none") -> int:
-    """Activation elements one token leaves for the backward pass, all layers together (the loss excluded).
-    Per layer: eager PyTorch keeps 8·d + 2·kv + 4·f (the norms' inputs and outputs, q/k/v, RoPE'd q/k, attention
-    output, the MLP's gate, up, silu and product); the fused kernels (norm, RoPE, SwiGLU, flash attention) keep
-    6·d + 2·kv + 3·f. Both counts match `minillm.distributed.activation_memory` measured on real models. Full
-    activation checkpointing keeps each block's input (d) plus one block's activations while it is recomputed."""
-    d, kv, f = cfg.dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
-    per_layer = 6 * d + 2 * kv + 3 * f if kernels == "triton" else 8 * d + 2 * kv + 4 * f
-    if ac == "full":
-        return cfg.n_layers * d + per_layer
-    if ac != "none":
-        raise ValueError(f"ac={ac!r}: the plan counts activations for 'none' and 'full' checkpointing")
-    return cfg.n_layers * per_layer
-
-def memory_plan(cfg: LlamaConfig, world_size: int, micro_batch: int, seq_len: int, kernels: str = "triton",
-                ac: str = "none") -> dict[str, float]:
-    """Bytes per GPU of an FSDP2 run with float32 master weights and bf16 compute: the float32 shards of weights,
-    gradients and AdamW's two moments (16 bytes per parameter over the GPUs), the bf16 copies gathered for compute
-    (two blocks at a time, the embedding and head whole), and the activations of one micro-batch in bf16 (the loss's
-    logits too, unless the fused cross-entropy never makes them)."""
-    n, tokens = cfg.n_params, micro_batch * seq_len
-    counts = cfg.param_counts()
-    block = (counts["attention"] + counts["mlp"] + counts["norms"]) / cfg.n_layers
-    logits = 0 if kernels == "triton" else tokens * cfg.vocab_size * (2 + 4)  # bf16 logits and their fp32 softmax
-    return {"weights": 4 * n / world_size, "gradients": 4 * n / world_size, "optimizer": 8 * n / world_size,
-            "gathered": 2 * (2 * block + counts["embedding"] + counts["head"]),
-            "activations": 2 * tokens * activation_elements(cfg, kernels, ac) + logits}
 
 # %% ../nbs/13_pretrain.ipynb #36245e81
 def plan_run(cfg: LlamaConfig, tcfg, world_size: int = 1, micro_batch: int | None = None,
@@ -125,6 +83,48 @@ def format_plan(plan: dict) -> str:
         lines.append(f"time: {p['total_tokens'] / 1e12:,.3f}T tokens ({p['steps']:,} steps) take {p['days']:.1f} days "
                      f"({p['days'] * p['world_size']:,.0f} GPU-days)")
     return "\n".join(lines)
+
+# %% ../nbs/13_pretrain.ipynb #e5a1c0d7
+GPUS: dict[str, tuple[float, float]] = {
+    # name: (memory in GiB, dense bf16 tensor-core TFLOP/s, NVIDIA datasheets)
+    "a100-40gb": (40.0, 312.0),
+    "a100-80gb": (80.0, 312.0),
+    "h100": (80.0, 989.0),
+    "h200": (141.0, 989.0),
+    "l40s": (48.0, 362.0),
+    "l4": (24.0, 121.0),
+    "a10": (24.0, 125.0),
+}
+
+USABLE_MEMORY = 0.92  # of a GPU's memory, what a run can count on (CUDA context, allocator fragmentation)
+
+def activation_elements(cfg: LlamaConfig, kernels: str = "triton", ac: str = "none") -> int:
+    """Activation elements one token leaves for the backward pass, all layers together (the loss excluded).
+    Per layer: eager PyTorch keeps 8·d + 2·kv + 4·f (the norms' inputs and outputs, q/k/v, RoPE'd q/k, attention
+    output, the MLP's gate, up, silu and product); the fused kernels (norm, RoPE, SwiGLU, flash attention) keep
+    6·d + 2·kv + 3·f. Both counts match `minillm.distributed.activation_memory` measured on real models. Full
+    activation checkpointing keeps each block's input (d) plus one block's activations while it is recomputed."""
+    d, kv, f = cfg.dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    per_layer = 6 * d + 2 * kv + 3 * f if kernels == "triton" else 8 * d + 2 * kv + 4 * f
+    if ac == "full":
+        return cfg.n_layers * d + per_layer
+    if ac != "none":
+        raise ValueError(f"ac={ac!r}: the plan counts activations for 'none' and 'full' checkpointing")
+    return cfg.n_layers * per_layer
+
+def memory_plan(cfg: LlamaConfig, world_size: int, micro_batch: int, seq_len: int, kernels: str = "triton",
+                ac: str = "none") -> dict[str, float]:
+    """Bytes per GPU of an FSDP2 run with float32 master weights and bf16 compute: the float32 shards of weights,
+    gradients and AdamW's two moments (16 bytes per parameter over the GPUs), the bf16 copies gathered for compute
+    (two blocks at a time, the embedding and head whole), and the activations of one micro-batch in bf16 (the loss's
+    logits too, unless the fused cross-entropy never makes them)."""
+    n, tokens = cfg.n_params, micro_batch * seq_len
+    counts = cfg.param_counts()
+    block = (counts["attention"] + counts["mlp"] + counts["norms"]) / cfg.n_layers
+    logits = 0 if kernels == "triton" else tokens * cfg.vocab_size * (2 + 4)  # bf16 logits and their fp32 softmax
+    return {"weights": 4 * n / world_size, "gradients": 4 * n / world_size, "optimizer": 8 * n / world_size,
+            "gathered": 2 * (2 * block + counts["embedding"] + counts["head"]),
+            "activations": 2 * tokens * activation_elements(cfg, kernels, ac) + logits}
 
 # %% ../nbs/13_pretrain.ipynb #9f9e9fa0
 MFU_CONVENTION = ("MFU = tokens/s per GPU × (6N + 12·L·d·T) / peak dense bf16 FLOP/s "

@@ -997,6 +997,7 @@ def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike, model_max_length:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"'{path}' exists and is not a directory")
     written = []
+    path.mkdir(parents=True, exist_ok=True)
     for name, data in hf_tokenizer_files(tok, model_max_length).items():
         write_atomic(path / name, data)
         written.append(path / name)

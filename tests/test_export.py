@@ -506,10 +506,17 @@ def test_export_refuses_existing_outputs_without_force(run_dir, tmp_path):
         export(run, tmp_path / "full", format="gguf", force=True)
     with pytest.raises(FileExistsError, match="is not a directory"):
         export(run, tmp_path / "file.gguf", force=True)
+    # --force replaces an earlier export only: a folder of other files, or a file that is not GGUF, stays
+    with pytest.raises(ValueError, match="holds files that are not an export"):
+        export(run, tmp_path / "full", force=True)
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        export(run, tmp_path / "file.gguf", format="gguf", force=True)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and (tmp_path / "file.gguf").read_text() == "mine"
-    export(run, tmp_path / "full", force=True)
-    export(run, tmp_path / "file.gguf", format="gguf", force=True)
-    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "file.gguf").stat().st_size > 1000
+    export(run, tmp_path / "hf")
+    export(run, tmp_path / "hf", force=True)
+    export(run, tmp_path / "model.gguf", format="gguf")
+    export(run, tmp_path / "model.gguf", format="gguf", force=True)
+    assert (tmp_path / "model.gguf").stat().st_size > 1000 and (tmp_path / "hf" / "config.json").is_file()
     export(run, tmp_path / "empty-dir-is-fine")
 
 

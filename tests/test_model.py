@@ -415,7 +415,7 @@ def toy():
     (lambda m: m(torch.zeros(1, 4, dtype=torch.bool)), "torch.bool"),
     (lambda m: m(torch.tensor([1, 2, 3])), "shape (3,)"),
     (lambda m: m(torch.zeros(1, 2, 3, dtype=torch.long)), "shape (1, 2, 3)"),
-    (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "seq_len ≥ 1"),
+    (lambda m: m(torch.zeros(1, 0, dtype=torch.long)), "an empty batch"),
     (lambda m: m([[1, 2]]), "got list"),
     (lambda m: m(torch.zeros(1, 3, dtype=torch.long), start_pos=2), "needs a cache"),
     (lambda m: m(torch.zeros(1, 3, dtype=torch.long), cache=m.new_cache(1), start_pos=-1), "start_pos=-1"),
