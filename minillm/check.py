@@ -661,7 +661,7 @@ def mfu(fn):
 @_exercise
 def accum_steps(fn):
     """Check `fn(global_batch, micro_batch, world_size) -> int`: micro-steps per process per optimizer step, raising
-    ValueError when the global batch cannot be cut that way, against `minillm.pretrain.plan_run`."""
+    ValueError when the global batch cannot be split evenly over the processes, against `minillm.pretrain.plan_run`."""
     from minillm.config import LlamaConfig
     from minillm.pretrain import plan_run
     from minillm.train import TrainConfig
@@ -669,7 +669,7 @@ def accum_steps(fn):
     def ref(G, m, W):
         return plan_run(LlamaConfig.from_name("debug"), TrainConfig(global_batch=G, micro_batch=m), W)["accum"]
     cases = [(f"global_batch={G}, micro_batch={m}, world_size={W}", (G, m, W)) for G, m, W in
-             [(1024, 8, 16), (1024, 8, 1), (1024, 8, 128), (16, 4, 2), (1024, 8, 3), (12, 4, 2), (8, 8, 2)]]
+             [(1024, 8, 16), (1024, 8, 1), (1024, 8, 128), (16, 4, 2), (1024, 8, 3), (10, 2, 4), (96, 8, 4)]]
     return f"{_run('check.accum_steps', fn, ref, cases)} batch shapes, impossible ones included"
 
 # %% ../nbs/91_check.ipynb #b7d768da

@@ -11,8 +11,9 @@ def mfu(tokens_per_s_per_gpu, cfg, seq_len, peak_tflops):
 
 
 def accum_steps(global_batch, micro_batch, world_size):
-    "Each of world_size processes runs global_batch / (micro_batch · world_size) micro-batches per step."
-    if global_batch % (micro_batch * world_size):
-        raise ValueError(f"global_batch={global_batch} is not a multiple of micro_batch × world_size = "
-                         f"{micro_batch * world_size}")
-    return global_batch // (micro_batch * world_size)
+    "Each process's share of the global batch, cut into micro-batches of at most micro_batch sequences."
+    if global_batch % world_size:
+        raise ValueError(f"global_batch={global_batch} cannot be split evenly over world_size={world_size}")
+    share = global_batch // world_size
+    micro = max(m for m in range(1, min(micro_batch, share) + 1) if share % m == 0)
+    return share // micro
