@@ -37,7 +37,9 @@ def process(path: Path, git_url: str) -> Path:
     "Run the processors on one notebook and write it to _proc/, with links to repository files made absolute."
     nb = read_nb(path)
     CourseProcs()(nb)
-    nb.cells = [c for c in nb.cells if c.get("source", "").strip()]  # directive-only cells are empty now
+    for c in nb.cells:  # nbdev's export-only directive is not a processor's business: drop it here
+        c.source = re.sub(r"^#\|\s*default_exp\b.*\n?", "", c.get("source", ""), flags=re.M)
+    nb.cells = [c for c in nb.cells if c.source.strip()]  # directive-only cells are empty now
     for c in nb.cells:
         if c.cell_type == "markdown":  # a relative link to a file of the repository points at the repository
             c.source = re.sub(r"\]\((?!https?:|#|mailto:)([^)\s]+)\)", lambda m: f"]({git_url}/blob/main/{m[1]})", c.source)
