@@ -154,7 +154,7 @@ WRONG = [
     (C10, "top_p", _top_p_one_too_few, "p=0.5"),
     (C10, "greedy", lambda model, prompt, n: C10.greedy(model, prompt, n)[:, prompt.shape[1]:], "shape"),
     (C11A, "rmsnorm_backward", _rmsnorm_backward_no_projection, "eps=1e-05"),
-    (C11A, "triton_rmsnorm", lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), "x of shape (5, 64)"),
+    (C11A, "triton_rmsnorm", lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), "x of shape (5, 64) float32 on"),
     (C11B, "rope_backward", lambda dy, cos, sin: C04.apply_rope(dy, cos, sin), "dy of shape"),
     (C11C, "swiglu_backward", lambda a, b, dy: (dy * b * torch.sigmoid(a), dy * F.silu(a)), "a, b of shape"),
     (C11C, "swiglu_function", lambda a, b: F.silu(a) * b, "keeps"),
