@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ARGS ?=
 
-.PHONY: install train test test-gpu test-integration sync lab clean
+.PHONY: install train test test-gpu test-integration sync docs lab clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,8 +39,12 @@ sync: install
 	$(VENV)/bin/nbdev_clean
 	$(PY) .ci/readme.py
 
+# the course as a website: every chapter with its saved outputs (nothing is executed), HTML in _docs/
+docs: install
+	$(PY) docs/build.py
+
 lab: install
 	$(VENV)/bin/jupyter lab nbs
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info _proc _docs

@@ -5,10 +5,20 @@
 # %% ../nbs/91_check.ipynb #871e2af2
 from __future__ import annotations
 
+import functools
+import math
+import reprlib
+
+import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['assert_close']
+__all__ = ['assert_close', 'n_params', 'flops_per_token', 'bpe_merge', 'bpe_encode', 'pack', 'xy', 'rmsnorm', 'layer_norm',
+           'apply_rope', 'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss',
+           'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step', 'top_p', 'greedy',
+           'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward', 'swiglu_function',
+           'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams', 'data_parallel_grads',
+           'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name']
 
 # %% ../nbs/91_check.ipynb #44aa343c
 def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -25,3 +35,665 @@ def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: flo
         i = tuple(int(v) for v in torch.nonzero(diff == diff.max())[0])
         raise AssertionError(f"{name}: on {where}, values differ: max |difference| {diff.max().item():.3g} at index {i} "
                              f"(yours {got[i].item():.6g}, reference {want[i].item():.6g})")
+
+# %% ../nbs/91_check.ipynb #be3f8b2d
+class _NotAttempted(Exception):
+    "The learner's function is still the stub that raises NotImplementedError."
+
+
+def _call(name: str, fn, where: str, *args):
+    "Run the learner's `fn(*args)`; an exception it raises becomes an AssertionError that names the input."
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise _NotAttempted() from None
+    except Exception as e:
+        raise AssertionError(f"{name}: on {where}, your function raised {type(e).__name__}: {e}") from e
+
+
+_REPR = reprlib.Repr()  # reprs cut short for messages
+_REPR.maxstring = _REPR.maxother = 80
+_short = _REPR.repr
+
+
+def _same(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Raise AssertionError unless `got` matches `want`: `assert_close` for tensors (each one for a tuple of them),
+    a relative tolerance for floats, equality (naming the first differing position of a list) for anything else."""
+    if isinstance(want, torch.Tensor):
+        return assert_close(name, got, want, where, rtol, atol)
+    if isinstance(want, tuple) and any(isinstance(w, torch.Tensor) for w in want):
+        if not isinstance(got, (tuple, list)) or len(got) != len(want):
+            raise AssertionError(f"{name}: on {where}, expected a tuple of {len(want)} tensors, got {_short(got)}")
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(name, g, w, f"{where} (output {i})", rtol, atol)
+        return
+    number = isinstance(got, (int, float, np.number, torch.Tensor)) and not isinstance(got, bool)
+    if isinstance(want, float) and number:
+        if not math.isclose(float(got), want, rel_tol=rtol, abs_tol=atol):
+            raise AssertionError(f"{name}: on {where}, yours {float(got):.8g} but the reference gives {want:.8g}")
+        return
+    if isinstance(want, list) and isinstance(got, (list, tuple)) and list(got) != want:
+        got = list(got)
+        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise AssertionError(f"{name}: on {where}, yours has {len(got)} items and the reference {len(want)}; first "
+                             f"difference at {i}: yours {_short(got[i:i + 5])}, reference {_short(want[i:i + 5])}")
+    if isinstance(want, int) and number and got == want or isinstance(want, list) and list(got) == want:
+        return
+    if type(got) is not type(want) or got != want:
+        raise AssertionError(f"{name}: on {where}, yours {_short(got)} but the reference gives {_short(want)}")
+
+# %% ../nbs/91_check.ipynb #eb159fdb
+def _exercise(check):
+    """Make `check` an exercise check: it prints one line when the learner's function passes, and says (without
+    failing) that the exercise is still open while the function is the stub that raises NotImplementedError."""
+    @functools.wraps(check)
+    def run(fn) -> None:
+        try:
+            with torch.random.fork_rng(devices=[]):  # the check's own seeds leave the learner's random state alone
+                what = check(fn)
+        except _NotAttempted:
+            print(f"check.{check.__name__}: not attempted yet ({getattr(fn, '__name__', 'your function')} raises "
+                  f"NotImplementedError): write it, then run this cell again")
+            return
+        print(f"check.{check.__name__}: passed ({what})")
+    return run
+
+
+def _run(name: str, fn, ref, cases: list, rtol: float = 1e-4, atol: float = 1e-5) -> int:
+    """Compare `fn(*args)` with `ref(*args)` for every `(where, args)` in `cases` (a case may add its own `(rtol,
+    atol)`); tensors are cloned for each call, so neither side sees what the other did to its inputs. Where the
+    reference refuses an input with ValueError, the learner's function must refuse it too."""
+    def copies(args):
+        return [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    for where, args, *tol in cases:
+        try:
+            want = ref(*copies(args))
+        except ValueError:
+            want = "a ValueError"
+        got = _call(name, _refusing(fn) if want == "a ValueError" else fn, where, *copies(args))
+        _same(name, got, want, where, *(tol[0] if tol else (rtol, atol)))
+    return len(cases)
+
+
+def _refusing(fn):
+    "`fn`, with a ValueError it raises turned into the answer 'a ValueError', so a refusal compares like a value."
+    def call(*args):
+        try:
+            return fn(*args)
+        except ValueError:
+            return "a ValueError"
+    return call
+
+
+def _randn(*shape, seed: int = 0, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    "Seeded normal numbers, so every run of a check sees the same inputs."
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+
+
+def _desc(t: torch.Tensor) -> str:
+    "`shape (2, 5, 16) float32`, for messages."
+    return f"shape {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+
+
+_TOL = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (2**-7, 1e-2)}  # (rtol, atol); bf16 stores 7 mantissa bits
+
+# %% ../nbs/91_check.ipynb #59d06f68
+@_exercise
+def n_params(fn):
+    """Check `fn(cfg) -> int`: the parameters of `Llama(cfg)`, a tied embedding/output matrix counted once, against
+    the tensors of the model itself, built on the meta device."""
+    from minillm.config import PRESETS, LlamaConfig
+    from minillm.model import Llama
+
+    def ref(cfg):
+        with torch.device("meta"):
+            return sum(p.numel() for p in Llama(cfg).parameters())
+    cases = [(f"preset {n!r}" + (" (tied: the shared matrix counts once)" if p.get("tie_embeddings") else ""),
+              (LlamaConfig.from_name(n),)) for n, p in PRESETS.items()]
+    return f"{_run('check.n_params', fn, ref, cases)} presets, tied and untied"
+
+@_exercise
+def flops_per_token(fn):
+    """Check `fn(cfg, seq_len)`: training FLOPs per token, 6·N + 12·L·d·T, N all parameters but the input embedding
+    (the output head counts, tied or not), against `LlamaConfig.flops_per_token`."""
+    from minillm.config import LlamaConfig
+
+    cases = [(f"preset {n!r} at seq_len={T}", (LlamaConfig.from_name(n), T))
+             for n, T in [("tinyllama-1.1b", 2048), ("toy", 128), ("tinystories-15m", 256), ("llama2-7b", 4096)]]
+    return f"{_run('check.flops_per_token', fn, lambda c, T: float(c.flops_per_token(T)), cases, 1e-9, 0)} presets"
+
+# %% ../nbs/91_check.ipynb #7e75a21d
+@_exercise
+def bpe_merge(fn):
+    "Check `fn(ids, pair, new_id) -> list[int]`: every occurrence of `pair` replaced, left to right, without overlaps."
+    from minillm.tokenizer import merge_pair
+
+    cases = [(f"ids={ids}, pair={p}, new_id={n}", (ids, p, n)) for ids, p, n in [
+        (list(b"the cat sat on the mat"), (97, 116), 256), (list(b"aaa"), (97, 97), 256), (list(b"aaaa"), (97, 97), 9),
+        ([1, 2, 1, 2, 1], (2, 1), 7), ([5, 6], (6, 5), 9), ([], (1, 2), 3), ([7, 7, 7, 8], (7, 8), 9)]]
+    return f"{_run('check.bpe_merge', fn, lambda i, p, n: merge_pair(list(i), p, n), cases)} inputs"
+
+@_exercise
+def bpe_encode(fn):
+    """Check `fn(text, vocab) -> list[int]`: split with `GPT4_SPLIT_PATTERN`, then in each chunk merge the adjacent
+    pair whose joined bytes have the lowest id in `vocab` (bytes per id) while there is one, as tiktoken does."""
+    import tiktoken
+
+    from minillm.tokenizer import GPT4_SPLIT_PATTERN, python_stdlib_texts, train_bpe
+
+    texts = list(python_stdlib_texts(max_bytes=30_000))
+    _, vocab = train_bpe(texts[:-1], 256 + 120)
+    enc = tiktoken.Encoding("check", pat_str=GPT4_SPLIT_PATTERN, mergeable_ranks={t: i for i, t in enumerate(vocab)},
+                            special_tokens={})
+    samples = ["    def __init__(self, name):", "naïve café, 世界 👋🏽", "x = 1000000\n", texts[-1][:300]]
+    cases = [(f"text {t[:40]!r} and a {len(vocab)}-token vocabulary", (t, vocab)) for t in samples]
+    return f"{_run('check.bpe_encode', fn, lambda t, v: enc.encode_ordinary(t), cases)} texts"
+
+# %% ../nbs/91_check.ipynb #5865188d
+@_exercise
+def pack(fn):
+    """Check `fn(docs, bos, eos) -> list[int]`: documents (lists of ids) each framed as [bos] + ids + [eos] (`None`
+    leaves that marker out) and concatenated, against `minillm.data.encode_documents` with a trained tokenizer."""
+    from minillm.data import encode_documents
+    from minillm.tokenizer import Tokenizer
+
+    texts = ["def add(a, b):\n    return a + b\n", "", "Hello, world.", "x = [1, 2, 3]"]
+    tok = Tokenizer.train(texts * 4, vocab_size=270)
+
+    def ref(docs, bos, eos):
+        packed = encode_documents(tok, texts, ["train"] * 4, bos=bos is not None, eos=eos is not None)
+        return packed["train"][0].tolist()
+    cases = [(f"4 documents (the second empty), bos={b}, eos={e}", ([tok.encode(t) for t in texts], b, e))
+             for b, e in [(tok.bos_id, tok.eos_id), (tok.bos_id, None), (None, tok.eos_id), (None, None)]]
+    return f"{_run('check.pack', fn, ref, cases)} framings"
+
+@_exercise
+def xy(fn):
+    """Check `fn(tokens, starts, seq_len) -> (x, y)`: the windows of seq_len + 1 packed ids that begin at `starts`, as
+    int64 tensors (len(starts), seq_len), x without each window's last token, y without its first, as `Loader` does."""
+    import tempfile
+
+    from minillm.data import Loader, TokenDataset, prepare
+    from minillm.tokenizer import Tokenizer, python_stdlib_texts
+
+    texts = list(python_stdlib_texts(max_bytes=40_000))
+    with tempfile.TemporaryDirectory() as d:
+        prepare(texts, Tokenizer.train(texts, vocab_size=300), d + "/tokens", num_workers=0, progress=False)
+        ds = TokenDataset(d + "/tokens")
+        for seq_len, batch, step in [(16, 4, 0), (7, 3, 5), (1, 2, 9)]:
+            loader = Loader(ds, seq_len=seq_len, global_batch=batch, micro_batch=batch, seed=1)
+            starts, tokens = [loader.locate(step, j)[2] for j in range(batch)], np.asarray(ds.shards[0])  # one shard
+            where = f"starts={starts}, seq_len={seq_len} in {len(tokens):,} tokens"
+            got = _call("check.xy", fn, where, tokens, starts, seq_len)
+            _same("check.xy", got, next(loader.micro_batches(step)), where)
+    return "3 batches of windows"
+
+# %% ../nbs/91_check.ipynb #caed7859
+@_exercise
+def rmsnorm(fn):
+    """Check `fn(x, weight, eps)`: RMSNorm over the last dimension, in float32, returned in `x.dtype`, against
+    `minillm.norm.RMSNorm` (which equals Hugging Face's `LlamaRMSNorm`)."""
+    from minillm.norm import RMSNorm
+
+    def ref(x, w, eps):
+        norm = RMSNorm(x.shape[-1], eps).to(w.dtype)
+        with torch.no_grad():
+            norm.weight.copy_(w)
+            return norm(x)
+    cases = [(f"x of {_desc(x)} (values of size ~{sc}), eps={eps}", (x, _randn(s[-1], seed=1, dtype=dt) + 1, eps),
+              _TOL[dt])
+             for s, dt, eps, sc in [((2, 5, 16), torch.float32, 1e-5, 3.0), ((3, 7), torch.float32, 0.5, 1.0),
+                                    ((4, 64), torch.float32, 1e-5, 1e-3), ((2, 3, 2048), torch.bfloat16, 1e-5, 5.0)]
+             for x in [_randn(*s, dtype=dt, scale=sc)]]
+    return f"{_run('check.rmsnorm', fn, ref, cases)} inputs, float32 and bfloat16"
+
+@_exercise
+def layer_norm(fn):
+    "Check `fn(x, weight, bias, eps)`: LayerNorm over the last dimension (biased variance), against `F.layer_norm`."
+    import torch.nn.functional as F
+
+    cases = [(f"x of {_desc(x)} (mean ~1), eps={eps}", (x, _randn(s[-1], seed=1), _randn(s[-1], seed=2), eps))
+             for s, eps in [((2, 5, 16), 1e-5), ((3, 8), 0.5), ((1, 4, 100), 1e-5)]
+             for x in [_randn(*s, scale=3.0) + 1]]
+    return f"{_run('check.layer_norm', fn, lambda x, w, b, e: F.layer_norm(x, x.shape[-1:], w, b, e), cases)} inputs"
+
+# %% ../nbs/91_check.ipynb #b67c4cdd
+@_exercise
+def apply_rope(fn):
+    """Check `fn(x, cos, sin)`: half-split RoPE of x (B, T, n_heads, head_dim) by the angles of its T positions, cos
+    and sin (T, head_dim/2); float32 inside, `x.dtype` out, against `minillm.rope.apply_rope`."""
+    from minillm.rope import apply_rope, rope_cache
+
+    f32, bf16 = torch.float32, torch.bfloat16
+    cases = [(f"x of {_desc(x)} at positions {start}..{start + T - 1}, theta={theta:g}", (x, cos[start:], sin[start:]),
+              _TOL[dtype])
+             for (B, T, H, D), start, theta, dtype in [((2, 10, 3, 16), 0, 1e4, f32), ((1, 7, 4, 8), 5, 500.0, f32),
+                                                       ((2, 5, 1, 2), 0, 1e4, f32), ((1, 4, 2, 64), 30, 1e4, bf16)]
+             for x, (cos, sin) in [(_randn(B, T, H, D, dtype=dtype), rope_cache(D, start + T, theta))]]
+    return f"{_run('check.apply_rope', fn, apply_rope, cases)} inputs"
+
+@_exercise
+def interleaved_to_half(fn):
+    """Check `fn(w, n_heads)`: a query/key weight's rows reordered from Meta's interleaved RoPE layout to the
+    half-split one (row 2j + r of a head goes to row j + r·head_dim/2), against `minillm.rope.interleaved_to_half`."""
+    from minillm.rope import interleaved_to_half
+
+    cases = [(f"w of {_desc(w)}, n_heads={h}", (w, h))
+             for w, h in [(torch.arange(8.0)[:, None], 2), (_randn(48, 12), 6), (_randn(16, 5), 2), (_randn(48), 6)]]
+    return f"{_run('check.interleaved_to_half', fn, interleaved_to_half, cases, 0, 0)} weights"
+
+# %% ../nbs/91_check.ipynb #94b2b746
+@_exercise
+def causal_attention(fn):
+    """Check `fn(q, k, v)`: causal attention, q (B, T, n_heads, head_dim), k and v (B, T, n_kv_heads, head_dim), each
+    key/value head serving n_heads / n_kv_heads query heads; out (B, T, n_heads, head_dim), against SDPA."""
+    import torch.nn.functional as F
+
+    def ref(q, k, v):
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+    cases = [(f"{kind}: q of {_desc(_randn(B, T, H, D))}, k and v with {KV} heads",
+              (_randn(B, T, H, D), _randn(B, T, KV, D, seed=1), _randn(B, T, KV, D, seed=2)))
+             for kind, (B, T, H, KV, D) in [("MHA", (2, 7, 4, 4, 16)), ("GQA", (1, 13, 6, 2, 24)),
+                                            ("MQA", (3, 5, 4, 1, 8)), ("one token", (1, 1, 2, 2, 8))]]
+    return f"{_run('check.causal_attention', fn, ref, cases)} inputs: MHA, GQA, MQA"
+
+@_exercise
+def causal_mask(fn):
+    """Check `fn(q_len, kv_len)`: the boolean (q_len, kv_len) mask, True where a query may see a key, the queries
+    being the last q_len of kv_len positions (bottom-right aligned), against `minillm.attention.causal_mask`."""
+    from minillm.attention import causal_mask
+
+    cases = [(f"q_len={q}, kv_len={k}", (q, k)) for q, k in [(5, 5), (3, 8), (1, 6), (2, 2), (4, 9)]]
+    return f"{_run('check.causal_mask', fn, causal_mask, cases)} shapes"
+
+# %% ../nbs/91_check.ipynb #f644a31a
+@_exercise
+def swiglu(fn):
+    """Check `fn(x, w_gate, w_up, w_down)`: w_down(silu(w_gate x) · w_up x), weights stored as `nn.Linear` stores
+    them, (out, in), against `minillm.mlp.FeedForward`."""
+    from minillm.config import LlamaConfig
+    from minillm.mlp import FeedForward
+
+    def ref(x, w1, w3, w2):
+        ff = FeedForward(LlamaConfig.from_name("debug", dim=x.shape[-1], ffn_dim=w1.shape[0], n_heads=1, n_kv_heads=1))
+        with torch.no_grad():
+            for linear, w in ((ff.w1, w1), (ff.w3, w3), (ff.w2, w2)):
+                linear.weight.copy_(w)
+            return ff(x)
+    cases = [(f"x of {_desc(_randn(*s, d))}, ffn_dim={f}", (_randn(*s, d), _randn(f, d, seed=1, scale=d**-0.5),
+              _randn(f, d, seed=2, scale=d**-0.5), _randn(d, f, seed=3, scale=f**-0.5)))
+             for s, d, f in [((2, 5), 64, 176), ((3,), 32, 96), ((1, 1), 8, 24)]]
+    return f"{_run('check.swiglu', fn, ref, cases)} inputs"
+
+@_exercise
+def llama_ffn_dim(fn):
+    """Check `fn(dim, multiple_of, ffn_dim_multiplier) -> int`: 2/3 of 4·dim (times the multiplier if not None),
+    rounded up to a multiple of `multiple_of`, against `minillm.mlp.llama_ffn_dim`."""
+    from minillm.mlp import llama_ffn_dim
+
+    cases = [(f"dim={d}, multiple_of={m}, ffn_dim_multiplier={x}", (d, m, x)) for d, m, x in
+             [(2048, 256, None), (4096, 256, None), (128, 32, None), (64, 16, None), (288, 32, None),
+              (8192, 4096, 1.3)]]
+    return f"{_run('check.llama_ffn_dim', fn, llama_ffn_dim, cases)} widths"
+
+# %% ../nbs/91_check.ipynb #bf156c7a
+@_exercise
+def lm_loss(fn):
+    """Check `fn(h, weight, targets)`: the mean cross-entropy of the logits h @ weight.T, in float32, skipping targets
+    of -100, against `minillm.model.lm_loss`."""
+    from minillm.model import lm_loss
+
+    cases = []
+    for (B, T, d, V), dtype, skip in [((2, 5, 16, 50), torch.float32, 0), ((1, 8, 8, 30), torch.float32, 3),
+                                      ((2, 4, 32, 64), torch.bfloat16, 1)]:
+        targets = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(3))
+        targets[:, :skip] = -100
+        cases.append((f"h of {_desc(_randn(B, T, d, dtype=dtype))}, vocab {V}, {skip * B} targets of -100",
+                      (_randn(B, T, d, dtype=dtype), _randn(V, d, seed=1, dtype=dtype), targets),
+                      (2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-4, 1e-5)))
+    return f"{_run('check.lm_loss', fn, lm_loss, cases)} inputs, float32 and bfloat16"
+
+@_exercise
+def block_forward(fn):
+    """Check `fn(block, x, cos, sin)`: one pre-norm block from its parts (`attention_norm`, `attention(h, cos, sin)`,
+    `ffn_norm`, `feed_forward`) with both residual additions, against `Block.forward`."""
+    from minillm.config import LlamaConfig
+    from minillm.model import Block
+    from minillm.rope import rope_cache
+
+    torch.manual_seed(0)
+    for T, preset in [(9, "debug"), (1, "debug"), (6, "toy")]:
+        cfg = LlamaConfig.from_name(preset)
+        block, x = Block(cfg), _randn(2, T, cfg.dim)
+        where = f"a {preset!r} block, x of shape (2, {T}, {cfg.dim})"
+        with torch.no_grad():  # gains that are not all ones, so that a norm left out shows
+            block.attention_norm.weight.copy_(_randn(cfg.dim, seed=4) + 1)
+            block.ffn_norm.weight.copy_(_randn(cfg.dim, seed=5) + 1)
+            cos, sin = (t[:T] for t in rope_cache(cfg.head_dim, cfg.max_seq_len))
+            got = _call("check.block_forward", fn, where, block, x, cos, sin)
+            _same("check.block_forward", got, block(x, cos, sin), where)
+    return "3 blocks"
+
+# %% ../nbs/91_check.ipynb #8f7b0344
+@_exercise
+def to_hf_name(fn):
+    """Check `fn(name) -> str`: transformers' name for each parameter name of a minillm model
+    (`layers.3.attention.wq.weight` → `model.layers.3.self_attn.q_proj.weight`), against `minillm.hf.to_hf_name`."""
+    from minillm.config import LlamaConfig
+    from minillm.hf import to_hf_name
+    from minillm.model import Llama
+
+    with torch.device("meta"):
+        names = [n for n, _ in Llama(LlamaConfig.from_name("debug", n_layers=3)).named_parameters()]
+    return f"{_run('check.to_hf_name', fn, to_hf_name, [(repr(n), (n,)) for n in names])} parameter names"
+
+@_exercise
+def safetensors_header(fn):
+    """Check `fn(path) -> dict`: the JSON header of a `.safetensors` file (an 8-byte little-endian length, then JSON):
+    each tensor's dtype and shape as the `safetensors` library reads them, data_offsets framing exactly its bytes."""
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    files = [({"a": torch.ones(2, 3), "b": torch.arange(4)}, {"format": "pt"}),
+             ({"w": _randn(5, dtype=torch.bfloat16), "z": torch.zeros(0, 2), "s": torch.tensor(3.5)}, None)]
+    with tempfile.TemporaryDirectory() as d:
+        for tensors, meta in files:
+            save_file(tensors, path := f"{d}/{'_'.join(tensors)}.safetensors", metadata=meta)
+            where = f"a file holding {', '.join(f'{k} {tuple(t.shape)}' for k, t in tensors.items())}"
+            header, raw = _call("check.safetensors_header", fn, where, path), open(path, "rb").read()
+            data = raw[len(raw) - sum(t.nbytes for t in tensors.values()):]  # the tensors' bytes, back to back
+            names = sorted(set(header) - {"__metadata__"})
+            _same("check.safetensors_header", names, sorted(tensors), f"{where}: the names")
+            with safe_open(path, framework="pt") as st:
+                for k, t in tensors.items():  # dtype, shape, and the bytes data_offsets frame (from the header's end)
+                    h, s = header[k], st.get_slice(k)
+                    _same("check.safetensors_header", [h.get("dtype"), h.get("shape"), data[slice(*h["data_offsets"])]],
+                          [s.get_dtype(), s.get_shape(), t.reshape(-1).view(torch.uint8).numpy().tobytes()],
+                          f"{where}: [dtype, shape, bytes] of {k!r}")
+    return f"{len(files)} files"
+
+# %% ../nbs/91_check.ipynb #0ebc8299
+@_exercise
+def lr_at(fn):
+    """Check `fn(step, lr, min_lr, warmup, max_steps) -> float`: linear warmup to lr over `warmup` steps (step 0 gets
+    lr / warmup), a cosine down to min_lr at max_steps, min_lr after; against `minillm.train.lr_at`."""
+    from minillm.train import lr_at
+
+    cases = [(f"step {step} of a schedule with lr={lr}, min_lr={mn}, warmup={W}, max_steps={S}", (step, lr, mn, W, S))
+             for lr, mn, W, S in [(4e-4, 4e-5, 2000, 1_430_000), (4e-3, 4e-4, 60, 3000), (1e-3, 0.0, 1, 10)]
+             for step in sorted({0, 1, W - 1, W, W + 1, (W + S) // 2, S - 1, S, S + 7})]
+    return f"{_run('check.lr_at', fn, lambda *a: float(lr_at(*a)), cases, 1e-9, 1e-15)} steps of 3 schedules"
+
+@_exercise
+def adamw_step(fn):
+    """Check `fn(w, g, m, v, t, lr, betas, eps, weight_decay) -> (w, m, v)`: AdamW step t (from 1), bias-corrected
+    moments and decoupled weight decay, three steps in a row against `torch.optim.AdamW`."""
+    p = torch.nn.Parameter(_randn(5, 3))
+    lr, betas, eps, wd = 1e-2, (0.9, 0.95), 1e-8, 0.1
+    opt = torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    w, m, v = p.detach().clone(), torch.zeros(5, 3), torch.zeros(5, 3)
+    for t in range(1, 4):
+        g, where = _randn(5, 3, seed=t), f"step t={t}, lr={lr}, betas={betas}, eps={eps}, weight_decay={wd}"
+        out = _call("check.adamw_step", fn, where, w.clone(), g.clone(), m.clone(), v.clone(), t, lr, betas, eps, wd)
+        p.grad = g
+        opt.step()
+        state = opt.state[p]
+        _same("check.adamw_step", out, (p.detach(), state["exp_avg"], state["exp_avg_sq"]), where, 1e-5, 1e-7)
+        w, m, v = out
+    return "3 steps"
+
+# %% ../nbs/91_check.ipynb #e4c610bc
+@_exercise
+def top_p(fn):
+    """Check `fn(probs, p)`: in each row of `probs` (..., vocab), keep the smallest set of most likely tokens whose
+    probabilities sum to at least p, zero the rest, renormalize; against `minillm.generate.top_p_filter`."""
+    from minillm.generate import top_p_filter
+
+    words = torch.tensor([4.0, 3.2, 3.0, 2.6, 2.2, 1.6, 1.5, 1.0, 0.8, -0.5, -1.5, -2.5]).softmax(-1)
+    cases = [(f"the chapter's 12-word distribution, p={p}", (words, p)) for p in (0.05, 0.5, 0.8, 0.999, 1.0)]
+    batch = (_randn(3, 50) * 2).softmax(-1)
+    cases += [(f"a batch of 3 distributions over 50 tokens, p={p}", (batch, p)) for p in (0.3, 0.9)]
+    return f"{_run('check.top_p', fn, lambda pr, p: top_p_filter(pr.log(), p).softmax(-1), cases)} inputs"
+
+@_exercise
+def greedy(fn):
+    """Check `fn(model, prompt, n) -> (B, T + n)`: the prompt (B, T) and n greedily decoded tokens, against
+    `minillm.generate.generate(model, prompt, n, temperature=0)` on a random `debug` model."""
+    from minillm.config import LlamaConfig
+    from minillm.generate import generate
+    from minillm.model import Llama
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig.from_name("debug", init_std=0.1)).eval()
+    cases = [(f"a prompt of shape {tuple(p.shape)}, n={n}", (model, p, n))
+             for p, n in [(torch.tensor([[1, 2, 3, 4, 5], [9, 8, 7, 6, 5]]), 20), (torch.tensor([[42]]), 10)]]
+    with torch.no_grad():
+        return f"{_run('check.greedy', fn, lambda m, p, n: generate(m, p, n, temperature=0), cases)} prompts"
+
+# %% ../nbs/91_check.ipynb #1a0704b4
+@_exercise
+def rmsnorm_backward(fn):
+    """Check `fn(x, weight, dy, eps) -> (dx, dweight)`: RMSNorm's gradients (float32) for the upstream gradient dy,
+    against autograd through `minillm.kernels.rmsnorm.rms_norm_torch`."""
+    from minillm.kernels.rmsnorm import rms_norm_torch
+
+    def ref(x, w, dy, eps):
+        x, w = x.requires_grad_(), w.requires_grad_()
+        return torch.autograd.grad(rms_norm_torch(x, w, eps), (x, w), dy)
+    cases = [(f"x of {_desc(_randn(*s))}, eps={eps}", (_randn(*s), _randn(s[-1], seed=1) + 1, _randn(*s, seed=2), eps))
+             for s, eps in [((7, 33), 1e-5), ((2, 3, 64), 1e-5), ((4, 16), 0.5)]]
+    return f"{_run('check.rmsnorm_backward', fn, ref, cases)} inputs"
+
+@_exercise
+def triton_rmsnorm(fn):
+    """Check `fn(x, weight, eps)`, your Triton kernel and its launch: RMSNorm of float32 rows of any width, against
+    `rms_norm_torch`. Without a GPU, set TRITON_INTERPRET=1 before Triton is first imported."""
+    from minillm.kernels.rmsnorm import rms_norm_torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # on the CPU, Triton's interpreter runs the kernel
+    cases = [(f"x of {_desc(x)} on {dev}", (x.to(dev), (_randn(s[-1], seed=1) + 1).to(dev), 1e-5))
+             for s in [(5, 64), (3, 2, 100), (1, 2049)] for x in [_randn(*s, scale=2.0)]]
+    return f"{_run('check.triton_rmsnorm', fn, rms_norm_torch, cases)} inputs"
+
+# %% ../nbs/91_check.ipynb #2070fcec
+@_exercise
+def rope_backward(fn):
+    """Check `fn(dy, cos, sin) -> dx`: the gradient of half-split RoPE with respect to its input for the upstream
+    gradient dy (B, T, n_heads, head_dim), against autograd through `minillm.kernels.rope.apply_rope_torch`."""
+    from minillm.kernels.rope import apply_rope_torch
+    from minillm.rope import rope_cache
+
+    def ref(dy, cos, sin):
+        x = torch.zeros_like(dy, requires_grad=True)
+        return torch.autograd.grad(apply_rope_torch(x, cos, sin), x, dy)[0]
+    cases = [(f"dy of {_desc(_randn(B, T, H, D))}", (_randn(B, T, H, D), *(t[:T] for t in rope_cache(D, T + 3))))
+             for B, T, H, D in [(2, 5, 3, 12), (1, 4, 2, 64), (1, 9, 1, 2)]]
+    return f"{_run('check.rope_backward', fn, ref, cases)} inputs"
+
+# %% ../nbs/91_check.ipynb #f44bd792
+@_exercise
+def swiglu_backward(fn):
+    """Check `fn(a, b, dy) -> (da, db)`: the gradients of silu(a) · b for the upstream gradient dy, against autograd
+    through `minillm.kernels.swiglu.swiglu_torch`."""
+    from minillm.kernels.swiglu import swiglu_torch
+
+    def ref(a, b, dy):
+        a, b = a.requires_grad_(), b.requires_grad_()
+        return torch.autograd.grad(swiglu_torch(a, b), (a, b), dy)
+    cases = [(f"a, b of {_desc(_randn(*s))}", (_randn(*s, scale=3.0), _randn(*s, seed=1), _randn(*s, seed=2)))
+             for s in [(3, 5, 17), (1000,), (2, 1)]]
+    return f"{_run('check.swiglu_backward', fn, ref, cases)} inputs"
+
+@_exercise
+def swiglu_function(fn):
+    """Check `fn(a, b)` (e.g. your `torch.autograd.Function`'s `apply`): silu(a) · b forward and backward, saving only
+    a and b for the backward pass (autograd's saved-tensor hooks count the bytes)."""
+    from minillm.kernels.swiglu import swiglu_torch
+
+    for shape in [(3, 5, 17), (4, 8)]:
+        a, b, dy = _randn(*shape, scale=3.0), _randn(*shape, seed=1), _randn(*shape, seed=2)
+        ai, bi, ar, br = (t.clone().requires_grad_() for t in (a, b, a, b))
+        where, saved = f"a, b of {_desc(a)}", {}
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.setdefault(t.data_ptr(), t), lambda t: t):
+            y = _call("check.swiglu_function", fn, where, ai, bi)
+        yr = swiglu_torch(ar, br)
+        _same("check.swiglu_function", y, yr.detach(), where)
+        _same("check.swiglu_function", torch.autograd.grad(y, (ai, bi), dy), torch.autograd.grad(yr, (ar, br), dy),
+              f"{where}: the gradients")
+        if (kept := sum(t.nbytes for t in saved.values())) > a.nbytes + b.nbytes:
+            raise AssertionError(f"check.swiglu_function: on {where}, the backward pass keeps {kept} bytes; a and b "
+                                 f"alone are {a.nbytes + b.nbytes}: save the inputs and recompute silu(a) in backward")
+    return "2 inputs, only a and b saved"
+
+# %% ../nbs/91_check.ipynb #0a1abdc9
+@_exercise
+def online_logsumexp(fn):
+    """Check `fn(x, chunk) -> (rows,)`: log Σ exp over the last dimension of x (rows, vocab) in one pass over chunks
+    of `chunk` columns, a running maximum and a rescaled running sum, against `torch.logsumexp`."""
+    cases = [(f"x of {_desc(x)} (values up to ~{s:g}), chunk={c}", (x, c)) for x, s, c in
+             [(_randn(3, 1000), 1, 64), (_randn(2, 100, scale=50) + 1000, 1050, 7), (_randn(4, 10), 1, 32)]]
+    return f"{_run('check.online_logsumexp', fn, lambda x, c: torch.logsumexp(x, -1), cases)} inputs"
+
+@_exercise
+def cross_entropy_grad(fn):
+    """Check `fn(logits, targets) -> dlogits`: the gradient of the mean cross-entropy over the rows whose target is not
+    -100, (softmax - one_hot) / n_valid, with respect to logits (rows, vocab), against autograd."""
+    import torch.nn.functional as F
+
+    def ref(logits, targets):
+        return torch.autograd.grad(F.cross_entropy(logits.requires_grad_(), targets, ignore_index=-100), logits)[0]
+    cases = []
+    for (N, V), skip in [((6, 50), 0), ((5, 30), 2), ((1, 8), 0)]:
+        t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(1))
+        t[:skip] = -100
+        cases.append((f"logits of {_desc(_randn(N, V))}, {skip} targets of -100", (_randn(N, V, scale=2.0), t)))
+    return f"{_run('check.cross_entropy_grad', fn, ref, cases)} inputs"
+
+# %% ../nbs/91_check.ipynb #5f43d8f2
+@_exercise
+def tiled_attention(fn):
+    """Check `fn(q, k, v, block) -> out`: causal attention of one head, q, k, v (T, d), block by block with an online
+    softmax (never the T × T matrix), against `scaled_dot_product_attention(is_causal=True)`."""
+    import torch.nn.functional as F
+
+    cases = [(f"q, k, v of {_desc(_randn(T, d))}, block={b}", (*(_randn(T, d, seed=i) for i in range(3)), b))
+             for T, d, b in [(10, 16, 4), (7, 8, 3), (16, 32, 16), (5, 4, 8), (12, 8, 1)]]
+    def ref(q, k, v, block):
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
+    return f"{_run('check.tiled_attention', fn, ref, cases)} inputs"
+
+# %% ../nbs/91_check.ipynb #da77a2f4
+@_exercise
+def install_seams(fn):
+    """Check `fn(model, rope, swiglu, loss_fn)`: the functions put into every seam of a `Llama` (attention's `rope`,
+    the feed-forward's `swiglu`, the model's `loss_fn`); wrappers count the calls, and the loss must not change."""
+    from minillm.config import LlamaConfig
+    from minillm.mlp import swiglu
+    from minillm.model import Llama, lm_loss
+    from minillm.rope import apply_rope
+
+    calls = {"rope": 0, "swiglu": 0, "loss_fn": 0}
+
+    def counting(name, f):
+        def wrapper(*args):
+            calls[name] += 1
+            return f(*args)
+        return wrapper
+    torch.manual_seed(0)
+    model, tokens = Llama(LlamaConfig.from_name("debug", n_layers=3)), torch.randint(0, 512, (2, 8))
+    where = "a 3-layer debug model"
+    want = model(tokens, tokens)
+    _call("check.install_seams", fn, where, model, counting("rope", apply_rope), counting("swiglu", swiglu),
+          counting("loss_fn", lm_loss))
+    _same("check.install_seams", model(tokens, tokens), want, f"{where}: the loss")
+    _same("check.install_seams", calls, {"rope": 6, "swiglu": 3, "loss_fn": 1},
+          f"{where}: calls per forward pass (rope: queries and keys in each layer)")
+    return "3 seams"
+
+# %% ../nbs/91_check.ipynb #7ce3f576
+@_exercise
+def data_parallel_grads(fn):
+    """Check `fn(model, x, y, world_size) -> list`: per parameter, the gradient world_size ranks hold after averaging
+    their gradients on equal slices of the batch (x, y) (the all-reduce); it must be the whole batch's gradient."""
+    from minillm.config import LlamaConfig
+    from minillm.model import Llama
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig.from_name("debug"))
+    for B, T, W in [(8, 16, 2), (8, 8, 4), (6, 8, 3)]:
+        x, y = torch.randint(0, 512, (2, B, T), generator=torch.Generator().manual_seed(W))
+        want = torch.autograd.grad(model(x, y), list(model.parameters()))  # the whole batch, p.grad untouched
+        where = f"a batch of {B} sequences on world_size={W}"
+        got = _call("check.data_parallel_grads", fn, where, model, x, y, W)
+        _same("check.data_parallel_grads", tuple(got) if isinstance(got, list) else got, want, where, 1e-4, 1e-6)
+    return "3 world sizes"
+
+@_exercise
+def sharded_init(fn):
+    """Check `fn(shape, seed, rank, world_size)`: rank `rank`'s dim-0 slice (`torch.chunk`, as FSDP2 cuts it; a rank
+    past the last chunk gets 0 rows) of `torch.manual_seed(seed); torch.randn(shape)`, what one process would draw."""
+    def ref(shape, seed, rank, W):
+        torch.manual_seed(seed)
+        chunks = torch.randn(shape).chunk(W)
+        return chunks[rank] if rank < len(chunks) else torch.empty(0, *shape[1:])
+    cases = [(f"shape={s}, seed={seed}, rank {r} of {W}", (s, seed, r, W))
+             for s, seed, W in [((6,), 0, 2), ((10, 4), 1, 4), ((5, 3), 2, 4)] for r in range(W)]
+    return f"{_run('check.sharded_init', fn, ref, cases, 0, 0)} shards"
+
+# %% ../nbs/91_check.ipynb #397b13cc
+@_exercise
+def mfu(fn):
+    """Check `fn(tokens_per_s_per_gpu, cfg, seq_len, peak_tflops) -> fraction`: the model's FLOP/s (6·N + 12·L·d·T
+    per token) over the GPU's peak, against `minillm.pretrain.mfu`."""
+    from minillm.config import LlamaConfig
+    from minillm.pretrain import mfu
+
+    cases = [(f"{tps:,} tokens/s per GPU, preset {n!r} at seq_len={T}, peak {peak} TFLOP/s",
+              (tps, LlamaConfig.from_name(n), T, peak))
+             for tps, n, T, peak in [(24_000, "tinyllama-1.1b", 2048, 312.0), (61_572, "tinyllama-1.1b", 2048, 989.0),
+                                     (5_000, "llama2-7b", 4096, 989.0), (1_000_000, "toy", 128, 100.0)]]
+    return f"{_run('check.mfu', fn, lambda t, c, T, p: float(mfu(t, c.flops_per_token(T), p)), cases, 1e-9, 0)} runs"
+
+@_exercise
+def accum_steps(fn):
+    """Check `fn(global_batch, micro_batch, world_size) -> int`: micro-steps per process per optimizer step, raising
+    ValueError when the global batch cannot be split evenly over the processes, against `minillm.pretrain.plan_run`."""
+    from minillm.config import LlamaConfig
+    from minillm.pretrain import plan_run
+    from minillm.train import TrainConfig
+
+    def ref(G, m, W):
+        return plan_run(LlamaConfig.from_name("debug"), TrainConfig(global_batch=G, micro_batch=m), W)["accum"]
+    cases = [(f"global_batch={G}, micro_batch={m}, world_size={W}", (G, m, W)) for G, m, W in
+             [(1024, 8, 16), (1024, 8, 1), (1024, 8, 128), (16, 4, 2), (1024, 8, 3), (10, 2, 4), (96, 8, 4)]]
+    return f"{_run('check.accum_steps', fn, ref, cases)} batch shapes, impossible ones included"
+
+# %% ../nbs/91_check.ipynb #b7d768da
+@_exercise
+def q8_0(fn):
+    """Check `fn(w) -> (scales, q)`: llama.cpp's Q8_0 of 1-D float32 w: per block of 32, the float16 scale max|w| / 127
+    and int8 round(w / scale), shapes (n/32,) and (n/32, 32), against the `gguf` package's quantizer."""
+    from gguf import GGMLQuantizationType, quants
+
+    def ref(w):
+        blocks = quants.quantize(w.numpy().reshape(-1, 32), GGMLQuantizationType.Q8_0).reshape(-1, 34)
+        return (torch.from_numpy(blocks[:, :2].copy().view(np.float16).reshape(-1)),
+                torch.from_numpy(blocks[:, 2:].copy().view(np.int8)))
+    with_zeros = torch.cat([_randn(32), torch.zeros(32), _randn(32, seed=2)])  # an all-zero block: scale 0, values 0
+    cases = [(f"w of {_desc(w)}", (w,)) for w in [_randn(64), _randn(320, seed=1, scale=0.02), with_zeros]]
+    return f"{_run('check.q8_0', fn, ref, cases, 0, 0)} tensors"
+
+@_exercise
+def gguf_name(fn):
+    """Check `fn(name) -> str`: llama.cpp's GGUF name for each parameter of a minillm model
+    (`layers.3.attention.wq.weight` → `blk.3.attn_q.weight`), against `minillm.export.gguf_name`."""
+    from minillm.config import LlamaConfig
+    from minillm.export import gguf_name
+    from minillm.model import Llama
+
+    with torch.device("meta"):
+        names = [n for n, _ in Llama(LlamaConfig.from_name("debug", n_layers=2)).named_parameters()]
+    return f"{_run('check.gguf_name', fn, gguf_name, [(repr(n), (n,)) for n in names])} parameter names"

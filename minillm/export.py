@@ -5,9 +5,12 @@
 # %% ../nbs/14_export.ipynb #44066edb
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +27,8 @@ from .tokenizer import (GPT4_SPLIT_PATTERN, BPETokenizer, SentencePieceTokenizer
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'EXPORT_DTYPES', 'GGUF_QUANTS', 'EXPORT_FILES', 'GGUF_PRE_TOKENIZERS', 'load_for_export', 'export',
-           'export_summary', 'gguf_name', 'gguf_state_dict', 'add_gguf_tokenizer', 'save_gguf', 'load_gguf']
+           'export_summary', 'gguf_name', 'gguf_state_dict', 'add_gguf_tokenizer', 'save_gguf', 'load_gguf',
+           'run_isolated', 'llama_cpp_outputs']
 
 # %% ../nbs/14_export.ipynb #fdedcde2
 EXPORT_FORMATS = ("hf", "gguf")
@@ -368,3 +372,91 @@ def load_gguf(path: str | os.PathLike) -> Llama:
             p.copy_(w)
     model.init_rope()
     return model.eval()
+
+# %% ../nbs/14_export.ipynb #8f418af3
+_CHILD = """
+import os, pickle, sys
+result_pipe = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)  # whatever fn prints, from Python or from C, goes to stderr and cannot corrupt the result
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file behind
+except (ImportError, ValueError, OSError):
+    pass
+try:
+    fn, args = pickle.load(sys.stdin.buffer)  # imports fn's module
+    result = ("ok", fn(*args))
+except BaseException as e:
+    result = ("error", f"{type(e).__name__}: {e}")
+result_pipe.write(pickle.dumps(result))
+result_pipe.close()
+"""  # the child imports only what unpickling `fn` needs
+
+# %% ../nbs/14_export.ipynb #8ce77fe3
+def run_isolated(fn, *args, timeout: float = 600.0):
+    """`fn(*args)` in a fresh Python process, and its result. `fn` must be importable (a function of a module, not of a
+    notebook cell); arguments and result are pickled (trusted: they never leave this machine). If native code crashes
+    the child (a segfault in llama.cpp, say), `fn` raises, or it runs past `timeout` seconds, this raises a
+    RuntimeError that says which, and the caller carries on."""
+    import pickle
+    import signal
+    import subprocess
+
+    name = getattr(fn, "__qualname__", repr(fn))
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD], input=pickle.dumps((fn, args)), capture_output=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{name} did not finish within {timeout:g} s in its child process, which was stopped") from None
+    if done.returncode != 0:
+        code = done.returncode
+        try:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        except ValueError:
+            how = f"signal {-code}"
+        raise RuntimeError(f"{name} crashed its child process ({how}); this process is unaffected")
+    status, value = pickle.loads(done.stdout)
+    if status == "error":
+        raise RuntimeError(f"{name} failed in its child process: {value}")
+    return value
+
+# %% ../nbs/14_export.ipynb #8386be5b
+@contextlib.contextmanager
+def _quiet_stderr():
+    "Silence llama.cpp's notes (load messages, context size), printed from C and through Python's sys.stderr."
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def llama_cpp_outputs(path: str | os.PathLike, n_ctx: int, ids: list[int], prompt: list[int], n_new: int,
+                      texts: list[tuple[str, bool]] = ()) -> dict:
+    """What llama.cpp (llama-cpp-python, on the CPU, float32 key/value cache) makes of the GGUF file `path`: `logits`
+    for `ids` (float32, (len(ids), vocab)), the `greedy` continuation of `prompt` by `n_new` tokens (argmax of its own
+    logits), and the `tokens` of each `(text, add_bos)` in `texts`. Call it through `run_isolated`."""
+    import llama_cpp
+
+    with _quiet_stderr():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0, n_threads=2,
+                              type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+        try:
+            tokens = [llm.tokenize(text.encode(), add_bos=bos, special=False) for text, bos in texts]
+            llm.reset()
+            llm.eval(list(ids))
+            logits = np.array(llm.scores[:len(ids)], dtype=np.float32)
+            llm.reset()
+            out = list(prompt)
+            llm.eval(out)
+            for _ in range(n_new):
+                out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                llm.eval(out[-1:])
+        finally:
+            llm.close()
+    return {"logits": logits, "greedy": out, "tokens": tokens}

@@ -561,3 +561,19 @@ def test_cli_export(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("minillm export: error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "new").exists()
+
+
+def test_run_isolated_reports_a_crash_instead_of_dying():
+    "Native code that segfaults in the child (as llama.cpp can) becomes a RuntimeError here; this process lives on."
+    import ctypes
+
+    from minillm.export import run_isolated
+
+    with pytest.raises(RuntimeError, match=r"string_at crashed its child process \(signal SIGSEGV\); this process is unaffected"):
+        run_isolated(ctypes.string_at, 0)
+    with pytest.raises(RuntimeError, match="int failed in its child process: ValueError: invalid literal"):
+        run_isolated(int, "x")
+    with pytest.raises(RuntimeError, match="did not finish within 0.5 s"):
+        run_isolated(__import__("time").sleep, 30, timeout=0.5)
+    assert run_isolated(sorted, [3, 1, 2]) == [1, 2, 3]
+    assert run_isolated(os.system, "echo noise on stdout") == 0  # which cannot corrupt the result

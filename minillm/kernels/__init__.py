@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the Llama blocks and the switch that installs them (chapters nbs/11_kernels_*.ipynb).
+"""Fused Triton kernels for the Llama blocks and the switch that installs them (chapters nbs/11a_kernels_rmsnorm.ipynb to nbs/11f_kernels_switch.ipynb).
 
 This file is written by hand (nbdev only creates it empty). It re-exports the switch and the kernels whose names
 differ from their modules' (`minillm.kernels.swiglu.swiglu` and `minillm.kernels.cross_entropy.cross_entropy` are
