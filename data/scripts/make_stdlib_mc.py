@@ -5,7 +5,8 @@ Two kinds of item, each with one true ending and three taken from other modules:
 - `code`: up to eight lines of a module and the first part of the next statement, cut before a space that follows
   `=`, `,` or a keyword such as `return`; the ending is the rest of the statement. The context always holds a clue
   (a name the true ending uses) and no wrong ending uses a name of the context, so the item can be answered by
-  reading the context; the four endings have similar lengths.
+  reading the context; the four endings have similar lengths in characters and in tokens (a BPE like the toy's), so
+  that a model that knows nothing scores chance.
 - `docstring`: a `def` line, the opening quotes and the first words of the function's summary line; the ending is
   the rest of that line.
 
@@ -30,6 +31,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from minillm.data import builtin_corpus, stdlib_files, stdlib_root
+from minillm.tokenizer import Tokenizer, python_stdlib_texts
 
 OUT = Path(__file__).resolve().parent.parent / "stdlib_mc.jsonl"
 TOY_TRAINING_BYTES = 6_000_000  # the toy preset's `builtin?max_bytes=6000000`
@@ -153,9 +155,15 @@ def build(n_code: int, n_docstring: int, seed: int) -> list[dict]:
         source = path.read_text(encoding="utf-8", errors="replace")
         pool["code"] += code_candidates(source, module, rng)
         pool["docstring"] += docstring_candidates(source, module, rng)
+    # a rare name costs a model more tokens than a common one, so the true ending (which reuses the context's names)
+    # would be the longest in tokens and a model that knew nothing would avoid it; wrong endings are picked to be as
+    # long in tokens (±1) under a byte-level BPE like the toy's, trained on the library's first megabyte
+    pieces = Tokenizer.train(python_stdlib_texts(max_bytes=1_000_000), vocab_size=1024)
     items = []
     for kind, n in (("code", n_code), ("docstring", n_docstring)):
         cands = pool[kind]
+        for c in cands:
+            c["pieces"] = len(pieces.encode(c["ending"]))
         counts = Counter(c["key"] for c in cands)
         cands = [c for c in cands if counts[c["key"]] == 1]  # an ending written twice in the library is ambiguous
         rng.shuffle(cands)
@@ -168,6 +176,7 @@ def build(n_code: int, n_docstring: int, seed: int) -> list[dict]:
             lo, hi = 0.75 * len(c["ending"]), 1.33 * len(c["ending"])
             clues = identifiers(c["ctx"])
             others = [o for o in cands if o["module"] != c["module"] and lo <= len(o["ending"]) <= hi
+                      and abs(o["pieces"] - c["pieces"]) <= 1
                       and o["ending"] != c["ending"] and not (kind == "code" and identifiers(o["ending"]) & clues)]
             others = list({o["ending"]: o for o in others}.values())  # four different endings
             if len(others) < 3:
