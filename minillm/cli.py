@@ -14,7 +14,8 @@ from pathlib import Path
 import minillm
 
 # %% auto #0
-__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
+__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_eval', 'build_parser', 'main',
+           'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -159,13 +160,13 @@ def cmd_plan(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #f58614b6
 def cmd_generate(args) -> int:
-    "Continue a prompt with a trained checkpoint."
+    "Continue a prompt with a trained checkpoint (a run or checkpoint folder, or a Hugging Face Llama directory)."
+    from minillm.export import load_for_export
     from minillm.generate import complete
-    from minillm.train import load_model
+    from minillm.train import resolve_device
 
-    model, tok, ckpt = load_model(args.ckpt, args.device)
-    if tok is None:
-        raise ValueError(f"checkpoint {ckpt.path} holds no tokenizer: it cannot turn text into tokens")
+    model, tok, _ = load_for_export(args.ckpt)
+    model.to(resolve_device(args.device))
     text = complete(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     print(args.prompt + text)
     return 0
@@ -181,6 +182,54 @@ def cmd_export(args) -> int:
         print(f"minillm export: error: {e}", file=sys.stderr)
         return 2
     print(export_summary(out))
+    return 0
+
+# %% ../nbs/90_cli.ipynb #a5c3a2db
+def cmd_eval(args) -> int:
+    "Bits per byte of text files (`--data`) or lm-evaluation-harness tasks (`--tasks`) for a checkpoint."
+    import json
+    from pathlib import Path
+
+    from minillm.train import resolve_device
+
+    if bool(args.data) == bool(args.tasks):
+        raise ValueError("give either --data FILE ... (bits per byte) or --tasks NAMES (lm-evaluation-harness tasks)")
+    for path in args.data or []:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit {args.limit} must be a positive number of documents per task")
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise FileNotFoundError(f"--json {args.json}: its folder does not exist")
+    device = resolve_device(args.device)
+    if args.tasks:
+        try:
+            from minillm.harness import run_tasks
+        except ImportError as e:
+            raise ValueError(f"--tasks needs lm-evaluation-harness ({e}): pip install 'minillm[eval]'") from None
+        from lm_eval.utils import make_table
+
+        limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+        out = run_tasks(args.ckpt, args.tasks, include_path=args.include_path, limit=limit,
+                        batch_size=args.batch_size, device=device)
+        print(make_table(out))
+        result = out["results"]
+    else:
+        from minillm.evaluate import files_bpb
+        from minillm.export import load_for_export
+
+        model, tok, _ = load_for_export(args.ckpt)
+        result = files_bpb(model.to(device), tok, args.data, args.seq_len, args.batch_size)
+        for path, r in result["files"].items():
+            print(f"{path}: {r['bpb']:.4f} bits/byte ({r['nats_per_token']:.4f} nats/token, {r['tokens']:,} tokens, "
+                  f"{r['bytes']:,} bytes)")
+        if len(result["files"]) > 1:
+            print(f"all: {result['bpb']:.4f} bits/byte ({result['nats_per_token']:.4f} nats/token, "
+                  f"{result['tokens']:,} tokens, {result['bytes']:,} bytes)")
+    if args.json:
+        from minillm.evaluate import write_json
+
+        write_json(args.json, result)
     return 0
 
 # %% ../nbs/90_cli.ipynb #f4a27d5f
@@ -255,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
     s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
     s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
@@ -274,6 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quant", help="q8_0: 8-bit GGUF weights (gguf only)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("eval", help="bits per byte of text files, or lm-evaluation-harness tasks",
+                       description="Measure a checkpoint. --data: bits per byte of each file, scored as [BOS] + "
+                       "encode(text) in windows of the model's context (--seq-len) every half window, each token after "
+                       "BOS exactly once with at least half a window of context after the first window; bpb = total NLL "
+                       "in nats / ln 2 / UTF-8 bytes. --tasks: lm-evaluation-harness tasks through its simple_evaluate.")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--data", nargs="+", metavar="FILE", help="UTF-8 text files to measure bits per byte on")
+    s.add_argument("--tasks", metavar="NAMES", help="comma-separated lm-eval tasks: stdlib_mc (the course's), "
+                   "hellaswag, arc_easy, ... or names from --include-path")
+    s.add_argument("--include-path", metavar="DIR", help="a folder of lm-eval task files (*.yaml) for --tasks")
+    s.add_argument("--limit", type=float, metavar="N", help="at most N documents per task (a fraction if below 1)")
+    s.add_argument("--seq-len", type=int, metavar="TOKENS", help="window length for --data (default: the model's context)")
+    s.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per forward pass (default: 8)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--json", metavar="OUT", help="write the figures as JSON: bpb, nats_per_token, tokens, bytes (and "
+                   "each file's) for --data; lm-eval's results for --tasks")
+    s.set_defaults(func=cmd_eval)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5
