@@ -91,8 +91,9 @@ def _is_hf_dir(path: Path) -> bool:
 
 
 def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
-    """(model, tokenizer, name) from a training checkpoint or run folder, or from a Hugging Face Llama directory.
-    A missing tokenizer is an error: exporting a model without it would hand users ids nobody can read."""
+    """(model, tokenizer, name) from a training checkpoint or run folder, a fine-tune folder (`minillm finetune`), or
+    a Hugging Face Llama directory. A missing tokenizer is an error: exporting a model without it would hand users ids
+    nobody can read."""
     path = Path(ckpt).expanduser()
     if _is_hf_dir(path):
         model = load_hf(path)
@@ -102,6 +103,10 @@ def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
             raise FileNotFoundError(f"no tokenizer in {path}: an export needs the model's tokenizer "
                                     f"(tokenizer.model, tokenizer.json or tokenizer.bpe.json)") from None
         return model, tok, path.name
+    from minillm.finetune import is_finetune, load_finetune
+
+    if is_finetune(path):  # `minillm finetune`'s folder: its weights, or its base with the adapter merged in
+        return load_finetune(path, load_for_export)
     from minillm.train import load_model
 
     model, tok, found = load_model(path, device="cpu")

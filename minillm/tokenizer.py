@@ -30,9 +30,9 @@ import tiktoken
 from .files import write_atomic
 
 # %% auto #0
-__all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'PIECE_TYPES', 'merge_pair',
-           'python_stdlib_texts', 'train_bpe_naive', 'train_bpe', 'Tokenizer', 'BPETokenizer', 'TokenizerFormat',
-           'register_tokenizer_format', 'read_sentencepiece_model', 'SentencePieceTokenizer',
+__all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'PIECE_TYPES', 'CHAT_TEMPLATE',
+           'merge_pair', 'python_stdlib_texts', 'train_bpe_naive', 'train_bpe', 'Tokenizer', 'BPETokenizer',
+           'TokenizerFormat', 'register_tokenizer_format', 'read_sentencepiece_model', 'SentencePieceTokenizer',
            'tinyllama_tokenizer_path', 'tokens_html', 'bytes_to_unicode', 'bpe_merges', 'hf_split_pattern',
            'hf_tokenizer', 'hf_tokenizer_files', 'save_hf_tokenizer', 'read_hf_bpe']
 
@@ -961,6 +961,14 @@ def hf_tokenizer(tok: Tokenizer):
     return hf
 
 # %% ../nbs/01_tokenizer.ipynb #13638033
+# TinyLlama-Chat's chat template (Zephyr's), exactly as its tokenizer_config.json holds it
+CHAT_TEMPLATE = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+                 "{{ '<|user|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n"
+                 "{{ '<|system|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
+                 "{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+                 "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+
+
 def hf_tokenizer_files(tok: Tokenizer, model_max_length: int | None = None) -> dict[str, bytes]:
     """The files of a Hugging Face tokenizer directory for `tok`, as {file name: bytes}: `tokenizer.json`,
     `tokenizer_config.json`, `special_tokens_map.json`, and for SentencePiece also `tokenizer.model`.
@@ -979,6 +987,8 @@ def hf_tokenizer_files(tok: Tokenizer, model_max_length: int | None = None) -> d
                                        for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])}}
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
+    if tok.eos_id is not None:
+        config["chat_template"] = CHAT_TEMPLATE
 
     def dump(d: dict) -> bytes:
         return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
