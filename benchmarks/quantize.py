@@ -1,5 +1,6 @@
 """8- and 4-bit weights on the toy checkpoint: bits per byte on text it never trained on, scored as `minillm eval
---data` scores it (`minillm.evaluate.text_bpb`), for full precision, int8, and int4 round-to-nearest and GPTQ in groups
+--data` scores it (`minillm.evaluate.text_bpb`), and on the run's own validation split (also never trained on, in the
+training data's domain; scored as the trainer scores it), for full precision, int8, and int4 round-to-nearest and GPTQ in groups
 of 32, 64 and 128; the size of each checkpoint's weights file; and TinyLlama-1.1B's exact packed sizes, counted on the
 meta device.
 
@@ -44,6 +45,18 @@ def tinyllama_sizes() -> dict:
     return out
 
 
+def val_bpb_fn(ckpt: str):
+    "A scorer of the run's own validation split (held out by source unit, never trained on), as the trainer scores it."
+    from minillm.data import EvalSet, Loader
+    from minillm.train import Checkpoint, evaluate, prepare_data
+
+    found = Checkpoint(ckpt)
+    run = found.path.parent.parent
+    mix = prepare_data(found.train_config.data, found.tokenizer(), run / "data", progress=False)
+    evalset = EvalSet(Loader(mix, found.config.max_seq_len, 16, 16))
+    return lambda model: evaluate(model, evalset, 16)[1]
+
+
 def main():
     from minillm.cli import main as cli
     from minillm.evaluate import text_bpb
@@ -59,10 +72,12 @@ def main():
     torch.set_num_threads(args.threads)
     texts = [Path(args.text).read_text(encoding="utf-8")]
     model, tok, _ = load_for_export(args.ckpt)
+    val_bpb = val_bpb_fn(args.ckpt)
     full = text_bpb(model, tok, texts)
-    rows = [dict(label="float32 (training checkpoint)", bpb=full["bpb"],
+    rows = [dict(label="float32 (training checkpoint)", bpb=full["bpb"], val_bpb=val_bpb(model),
                  file_bytes=(find_checkpoint(args.ckpt) / "model.safetensors").stat().st_size)]
-    print(f"{rows[0]['label']:<40} bpb {full['bpb']:.4f}  {rows[0]['file_bytes'] / 1e6:6.2f} MB", flush=True)
+    print(f"{rows[0]['label']:<40} bpb {full['bpb']:.4f}  val {rows[0]['val_bpb']:.4f}  "
+          f"{rows[0]['file_bytes'] / 1e6:6.2f} MB", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for label, bits, group, method, extra in ROWS:
             out = Path(tmp) / label.replace(" ", "_").replace("/", "-")
@@ -73,16 +88,18 @@ def main():
                 assert cli(argv) == 0, argv
             qmodel, qtok, _ = load_for_export(out)
             r = text_bpb(qmodel, qtok, texts)
-            rows.append(dict(label=label, bpb=r["bpb"], file_bytes=(out / "model.safetensors").stat().st_size,
-                             change=r["bpb"] / full["bpb"] - 1))
-            print(f"{label:<40} bpb {r['bpb']:.4f} ({rows[-1]['change']:+.2%})  {rows[-1]['file_bytes'] / 1e6:6.2f} MB",
-                  flush=True)
-    by = {r["label"]: r["bpb"] for r in rows}
+            rows.append(dict(label=label, bpb=r["bpb"], val_bpb=val_bpb(qmodel),
+                             file_bytes=(out / "model.safetensors").stat().st_size, change=r["bpb"] / full["bpb"] - 1))
+            rows[-1]["val_change"] = rows[-1]["val_bpb"] / rows[0]["val_bpb"] - 1
+            print(f"{label:<40} bpb {r['bpb']:.4f} ({rows[-1]['change']:+.2%})  val {rows[-1]['val_bpb']:.4f} "
+                  f"({rows[-1]['val_change']:+.2%})  {rows[-1]['file_bytes'] / 1e6:6.2f} MB", flush=True)
     closed = {}
-    for g in (128, 64, 32):
-        rtn, gptq = by[f"int4 g{g}, RTN"], by[f"int4 g{g}, GPTQ"]
-        closed[f"g{g}"] = (rtn - gptq) / (rtn - full["bpb"])
-        print(f"GPTQ closes {closed[f'g{g}']:.0%} of RTN's gap at groups of {g}")
+    for key in ("bpb", "val_bpb"):
+        by = {r["label"]: r[key] for r in rows}
+        for g in (128, 64, 32):
+            rtn, gptq = by[f"int4 g{g}, RTN"], by[f"int4 g{g}, GPTQ"]
+            closed[f"{key} g{g}"] = (rtn - gptq) / (rtn - rows[0][key])
+            print(f"{key}: GPTQ closes {closed[f'{key} g{g}']:.0%} of RTN's gap at groups of {g}")
     sizes = tinyllama_sizes()
     for k, v in sizes.items():
         print(f"TinyLlama-1.1B {k}: {v:,}" + (f" bytes = {v / 1e6:.1f} MB" if k != "parameters" else ""))

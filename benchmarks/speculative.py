@@ -1,11 +1,12 @@
 """Speculative decoding on the CPU: a target at least 8× the draft's size, both trained on the same data with the same
 tokenizer, generating greedily with and without the draft; the measured speedup next to the formula's prediction.
 
-    PYTHONPATH=. python benchmarks/speculative.py --tokenizer runs/toy/checkpoints/latest-step-folder \
-        [--out runs/bench-spec] [--steps 400] [--gammas 1 2 3 4 6] [--tokens 120] [--threads 1] [--json out.json]
+    PYTHONPATH=. python benchmarks/speculative.py --target runs/toy [--out runs/bench-spec] [--steps 300]
+        [--gammas 1 2 3 4 6] [--tokens 120] [--threads 1] [--json out.json]
 
-Trains (once; later calls reuse the runs in --out) a deep narrow target (the toy's width, 12 layers) and a one-layer
-draft on the toy preset's data with the given tokenizer. On a CPU, small models are bound by per-operation overhead,
+With `--target RUN` (a `minillm train` run of the toy preset), trains a one-layer draft (about 1/9 of the toy's
+parameters) on the same data with the target's tokenizer; with `--tokenizer TOK` instead, also trains a deep narrow
+target (the toy's width, 12 layers) first. Runs are made once; later calls reuse them from --out. On a CPU, small models are bound by per-operation overhead,
 which grows with depth, not width: the target is made deep so that one of its forward passes costs many draft steps,
 as a 7B target's does a 1.1B draft's on a GPU. Then, for each γ, it generates `--tokens` greedy tokens after each of
 a few prompts, alternating target alone and target + draft (other work on the machine slows both alike), checks the
@@ -25,13 +26,15 @@ import torch
 PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self", "# ", "for i in range(", "return ", "if __name__"]
 
 
-def train_pair(out: Path, tokenizer: str, steps: int):
-    "The target and the draft (trained once; reused when their runs exist)."
+def train_pair(out: Path, tokenizer: str, steps: int, target: str | None = None):
+    "The target (unless given) and the draft, trained once on the toy preset's data; reused when their runs exist."
     from minillm.config import LlamaConfig
     from minillm.train import TrainConfig, train_run
 
     shapes = {"target": dict(dim=128, n_layers=12, n_heads=4, n_kv_heads=2, ffn_dim=352),
               "draft": dict(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=176, tie_embeddings=True)}
+    if target is not None:
+        shapes.pop("target")
     for name, shape in shapes.items():
         run = out / name
         if (run / "checkpoints" / "latest").is_file():
@@ -85,9 +88,10 @@ def measure(target, draft, tok, gamma: int, n_tokens: int, rounds: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokenizer", required=True, help="the tokenizer both models use (a checkpoint folder or file)")
+    ap.add_argument("--target", help="a trained toy-preset run to use as the target (its tokenizer for the draft)")
+    ap.add_argument("--tokenizer", help="without --target: the tokenizer both models use (a checkpoint folder or file)")
     ap.add_argument("--out", default="runs/bench-spec", help="folder for the two training runs")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3, 4, 6])
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--rounds", type=int, default=3)
@@ -96,11 +100,13 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    train_pair(out, args.tokenizer, args.steps)
+    from minillm.train import find_checkpoint, load_model
 
-    from minillm.train import load_model
-
-    target, tok, _ = load_model(out / "target")
+    if (args.target is None) == (args.tokenizer is None):
+        ap.error("give --target RUN or --tokenizer TOK")
+    tokenizer = str(find_checkpoint(args.target)) if args.target else args.tokenizer
+    train_pair(out, tokenizer, args.steps, args.target)
+    target, tok, _ = load_model(args.target or out / "target")
     draft, _, _ = load_model(out / "draft")
     sizes = dict(target=target.num_params(), draft=draft.num_params())
     print(f"target {sizes['target']:,} parameters, draft {sizes['draft']:,} ({sizes['target'] / sizes['draft']:.1f}×), "

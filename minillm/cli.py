@@ -183,6 +183,32 @@ def cmd_quantize(args) -> int:
     print(export_summary(out))
     return 0
 
+def _quantize_parser(sub) -> None:
+    "The `minillm quantize` subcommand's arguments."
+    s = sub.add_parser("quantize", help="store a checkpoint's weights in 8 or 4 bits (round-to-nearest or GPTQ)",
+                       description="Write a quantized checkpoint folder (packed safetensors, config, tokenizer, "
+                                   "quantization.json) that eval, generate and export accept. Matrices of attention "
+                                   "and feed-forward layers get --bits; the embedding and output head 8 bits per row "
+                                   "unless --embed-bits 4.")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder, a checkpoint folder or a Hugging Face "
+                   "Llama directory (full precision)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the quantized checkpoint folder to write")
+    s.add_argument("--bits", type=int, required=True, choices=[8, 4])
+    s.add_argument("--group-size", type=int, metavar="N", help="input columns per scale (default: 32 at 4 bits, "
+                   "a whole row at 8 bits)")
+    s.add_argument("--method", choices=["rtn", "gptq"], default="rtn", help="rtn: round to nearest (default); gptq: "
+                   "Frantar et al. 2022 on calibration windows from the training data")
+    s.add_argument("--scheme", choices=["symmetric", "asymmetric", "q4_0"], default="symmetric",
+                   help="symmetric (default), asymmetric (a zero point per group), q4_0 (llama.cpp's 4-bit blocks of 32)")
+    s.add_argument("--embed-bits", type=int, choices=[8, 4], help="bits of the embedding and output head (default: "
+                   "8; 4 with --scheme q4_0)")
+    s.add_argument("--calibration-data", nargs="+", metavar="SPEC", help="GPTQ calibration text (data specs as in "
+                   "train; default: the checkpoint's training data)")
+    s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="GPTQ calibration windows of "
+                   "max_seq_len tokens (default: 128)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=cmd_quantize)
+
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def build_parser() -> argparse.ArgumentParser:
     "The `minillm` argument parser: one subparser per subcommand."
@@ -261,29 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing --out")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("quantize", help="store a checkpoint's weights in 8 or 4 bits (round-to-nearest or GPTQ)",
-                       description="Write a quantized checkpoint folder (packed safetensors, config, tokenizer, "
-                                   "quantization.json) that eval, generate and export accept. Matrices of attention "
-                                   "and feed-forward layers get --bits; the embedding and output head 8 bits per row "
-                                   "unless --embed-bits 4.")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder, a checkpoint folder or a Hugging Face "
-                   "Llama directory (full precision)")
-    s.add_argument("--out", required=True, metavar="DIR", help="the quantized checkpoint folder to write")
-    s.add_argument("--bits", type=int, required=True, choices=[8, 4])
-    s.add_argument("--group-size", type=int, metavar="N", help="input columns per scale (default: 32 at 4 bits, "
-                   "a whole row at 8 bits)")
-    s.add_argument("--method", choices=["rtn", "gptq"], default="rtn", help="rtn: round to nearest (default); gptq: "
-                   "Frantar et al. 2022 on calibration windows from the training data")
-    s.add_argument("--scheme", choices=["symmetric", "asymmetric", "q4_0"], default="symmetric",
-                   help="symmetric (default), asymmetric (a zero point per group), q4_0 (llama.cpp's 4-bit blocks of 32)")
-    s.add_argument("--embed-bits", type=int, choices=[8, 4], help="bits of the embedding and output head (default: "
-                   "8; 4 with --scheme q4_0)")
-    s.add_argument("--calibration-data", nargs="+", metavar="SPEC", help="GPTQ calibration text (data specs as in "
-                   "train; default: the checkpoint's training data)")
-    s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="GPTQ calibration windows of "
-                   "max_seq_len tokens (default: 128)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
-    s.set_defaults(func=cmd_quantize)
+    _quantize_parser(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5
