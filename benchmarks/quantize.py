@@ -20,6 +20,7 @@ import torch
 
 ROWS = [  # label, bits, group size, method, extra options
     ("int8 per row, RTN", 8, None, "rtn", []),
+    ("int4 per row, RTN", 4, 0, "rtn", []), ("int4 per row, GPTQ", 4, 0, "gptq", []),
     ("int4 g128, RTN", 4, 128, "rtn", []), ("int4 g128, GPTQ", 4, 128, "gptq", []),
     ("int4 g64, RTN", 4, 64, "rtn", []), ("int4 g64, GPTQ", 4, 64, "gptq", []),
     ("int4 g32, RTN", 4, 32, "rtn", []), ("int4 g32, GPTQ", 4, 32, "gptq", []),
@@ -83,7 +84,7 @@ def main():
             out = Path(tmp) / label.replace(" ", "_").replace("/", "-")
             argv = ["quantize", "--ckpt", args.ckpt, "--out", str(out), "--bits", str(bits), "--method", method, *extra]
             if group is not None:
-                argv += ["--group-size", str(group)]
+                argv += ["--group-size", str(group or model.cfg.ffn_dim)]  # 0: a group as wide as the widest row
             with contextlib.redirect_stdout(io.StringIO()):
                 assert cli(argv) == 0, argv
             qmodel, qtok, _ = load_for_export(out)
@@ -96,14 +97,18 @@ def main():
     closed = {}
     for key in ("bpb", "val_bpb"):
         by = {r["label"]: r[key] for r in rows}
-        for g in (128, 64, 32):
-            rtn, gptq = by[f"int4 g{g}, RTN"], by[f"int4 g{g}, GPTQ"]
-            closed[f"{key} g{g}"] = (rtn - gptq) / (rtn - rows[0][key])
-            print(f"{key}: GPTQ closes {closed[f'{key} g{g}']:.0%} of RTN's gap at groups of {g}")
+        for g in ("per row", 128, 64, 32):
+            name = g if g == "per row" else f"g{g}"
+            rtn, gptq = by[f"int4 {name}, RTN"], by[f"int4 {name}, GPTQ"]
+            closed[f"{key} {name}"] = (rtn - gptq) / (rtn - rows[0][key])
+            print(f"{key}: GPTQ closes {closed[f'{key} {name}']:.0%} of RTN's gap ({name})")
     sizes = tinyllama_sizes()
     for k, v in sizes.items():
         print(f"TinyLlama-1.1B {k}: {v:,}" + (f" bytes = {v / 1e6:.1f} MB" if k != "parameters" else ""))
-    result = dict(checkpoint=args.ckpt, text=args.text, text_bytes=full["bytes"], text_tokens=full["tokens"],
+    import hashlib
+
+    result = dict(checkpoint=args.ckpt, text=args.text, text_sha256=hashlib.sha256(texts[0].encode()).hexdigest(),
+                  text_bytes=full["bytes"], text_tokens=full["tokens"],
                   rows=rows, gptq_gap_closed=closed, tinyllama_bytes=sizes)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
