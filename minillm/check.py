@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['assert_close', 'expected_tokens_per_call', 'residual_distribution', 'accept_or_resample', 'quantize_int8',
-           'quantize_int4', 'gptq_quantize']
+__all__ = ['assert_close', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call',
+           'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize']
 
 # %% ../nbs/91_check.ipynb #44aa343c
 def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -26,6 +26,80 @@ def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: flo
         i = tuple(int(v) for v in torch.nonzero(diff == diff.max())[0])
         raise AssertionError(f"{name}: on {where}, values differ: max |difference| {diff.max().item():.3g} at index {i} "
                              f"(yours {got[i].item():.6g}, reference {want[i].item():.6g})")
+
+# %% ../nbs/91_check.ipynb #663fee68
+def _eval_inputs():
+    "A small random Llama (context 16) and a byte-level BPE tokenizer, the same on every call, for the evaluation checks."
+    from minillm.config import LlamaConfig
+    from minillm.model import Llama
+    from minillm.tokenizer import Tokenizer
+
+    text = ("def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n"
+            "The quick brown fox jumps over the lazy dog. ") * 4
+    tok = Tokenizer.train([text], vocab_size=300)
+    with torch.random.fork_rng():  # leave the learner's random state alone
+        torch.manual_seed(0)
+        model = Llama(LlamaConfig.from_name("debug", vocab_size=tok.vocab_size, max_seq_len=16)).eval()
+    return model, tok, text
+
+# %% ../nbs/91_check.ipynb #9f92cc13
+def sliding_windows(fn) -> None:
+    "Check `fn(n_ids, seq_len)`: the `(start, end, n_scored)` windows of the evaluation protocol (`minillm.evaluate.sliding_windows`)."
+    from minillm.evaluate import sliding_windows as reference
+
+    n = 0
+    for seq_len in (2, 3, 4, 7, 8, 16):
+        for n_ids in (1, 2, 3, 5, 8, 9, 17, 40):
+            want = reference(n_ids, seq_len)
+            try:
+                got = [tuple(int(v) for v in w) for w in fn(n_ids, seq_len)]
+            except TypeError as e:
+                raise AssertionError(f"sliding_windows: on n_ids={n_ids}, seq_len={seq_len}, expected a list of "
+                                     f"(start, end, n_scored) triples ({e})") from None
+            if got != want:
+                raise AssertionError(f"sliding_windows: on n_ids={n_ids}, seq_len={seq_len}, yours gives {got} but "
+                                     f"the reference gives {want}")
+            n += 1
+    print(f"sliding_windows: all {n} window plans match")
+
+# %% ../nbs/91_check.ipynb #8e8834d2
+def bits_per_byte(fn) -> None:
+    "Check `fn(model, tokenizer, text, seq_len)`: bits per byte of one text under the protocol (`minillm.evaluate.text_bpb`)."
+    from minillm.evaluate import text_bpb
+
+    model, tok, text = _eval_inputs()
+    cases = [("x", 16), ("def add(a, b):", 16), (text[:60], 16), (text, 16), (text, 7), (text, 4),
+             ("naïve café — ünïcode ✓ 日本語", 8)]
+    for sample, seq_len in cases:
+        where = f"text {sample[:24]!r}{'…' if len(sample) > 24 else ''} ({len(tok.encode(sample))} tokens), seq_len {seq_len}"
+        want = torch.tensor(text_bpb(model, tok, [sample], seq_len=seq_len)["bpb"], dtype=torch.float64)
+        try:
+            got = torch.tensor(float(fn(model, tok, sample, seq_len)), dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise AssertionError(f"bits_per_byte: on {where}, expected one number ({e})") from None
+        assert_close("bits_per_byte", got, want, where, rtol=1e-4, atol=1e-6)
+    print(f"bits_per_byte: matches text_bpb on all {len(cases)} texts")
+
+# %% ../nbs/91_check.ipynb #896ccf2d
+def choice_scores(fn) -> None:
+    """Check `fn(model, tokenizer, context, endings)`: the summed log-probability of each ending after the context, ids
+    split and truncated the way lm-eval does it (`minillm.evaluate.choice_scores`)."""
+    from minillm.evaluate import choice_scores as reference
+
+    model, tok, text = _eval_inputs()
+    cases = [("def add(a, b):\n    return", [" a + b", " a - b", "\n        pass"]),
+             ("The quick brown fox   ", ["jumps over", "sleeps", "the lazy dog."]),  # trailing spaces move
+             (text[:200], [" fox", " dog.", "\nclass Line:"]),  # longer than the context: truncated on the left
+             ("naïve café", [" — ünïcode", " ✓"])]
+    for context, endings in cases:
+        where = f"context {context[-24:]!r} with endings {endings}"
+        want = torch.tensor(reference(model, tok, [dict(ctx=context, endings=endings)])[0], dtype=torch.float64)
+        try:
+            got = torch.tensor([float(v) for v in fn(model, tok, context, endings)], dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise AssertionError(f"choice_scores: on {where}, expected one number per ending ({e})") from None
+        assert_close("choice_scores", got, want, where, rtol=1e-4, atol=1e-4)
+    print(f"choice_scores: matches on all {len(cases)} items")
 
 # %% ../nbs/91_check.ipynb #149c2b70
 def expected_tokens_per_call(fn) -> None:

@@ -12,7 +12,7 @@ import sys
 import minillm
 
 # %% auto #0
-__all__ = ['cmd_info', 'cmd_train', 'cmd_generate', 'cmd_export', 'cmd_quantize', 'build_parser', 'main', 'console']
+__all__ = ['cmd_info', 'cmd_train', 'cmd_generate', 'cmd_export', 'cmd_eval', 'cmd_quantize', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -101,7 +101,8 @@ def cmd_train(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #f58614b6
 def cmd_generate(args) -> int:
-    """Continue a prompt with a checkpoint; with `--draft`, speculative decoding writes the same text sooner and
+    """Continue a prompt with a checkpoint (a run or checkpoint folder, a quantized folder, or a Hugging Face Llama
+    directory); with `--draft`, speculative decoding writes the same text sooner and
     reports its acceptance rate and speed on standard error."""
     from minillm.export import load_for_export
     from minillm.generate import complete
@@ -125,6 +126,28 @@ def cmd_generate(args) -> int:
     print(f"speculative decoding (γ={args.draft_tokens}, {args.draft_method}): {stats.summary()}", file=sys.stderr)
     return 0
 
+
+def _generate_parser(sub) -> None:
+    "The `minillm generate` subcommand's arguments."
+    s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
+    s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
+    s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    s.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default: 0.95; 1: off)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--draft", metavar="DIR", help="a smaller model with the same tokenizer: speculative decoding, the "
+                   "same text sooner (statistics on standard error)")
+    s.add_argument("--draft-tokens", type=int, default=4, metavar="γ", help="tokens the draft proposes per target call "
+                   "(default: 4)")
+    s.add_argument("--draft-method", choices=["replay", "rejection"], default="replay",
+                   help="replay (default): the text equals generate's for the same seed; rejection: the paper's rule "
+                        "(accepts more; same distribution, other draws)")
+    s.set_defaults(func=cmd_generate)
+
 # %% ../nbs/90_cli.ipynb #65d3ade9
 def cmd_export(args) -> int:
     "Export a checkpoint and its tokenizer to a Hugging Face directory or a GGUF file."
@@ -136,6 +159,54 @@ def cmd_export(args) -> int:
         print(f"minillm export: error: {e}", file=sys.stderr)
         return 2
     print(export_summary(out))
+    return 0
+
+# %% ../nbs/90_cli.ipynb #a5c3a2db
+def cmd_eval(args) -> int:
+    "Bits per byte of text files (`--data`) or lm-evaluation-harness tasks (`--tasks`) for a checkpoint."
+    import json
+    from pathlib import Path
+
+    from minillm.train import resolve_device
+
+    if bool(args.data) == bool(args.tasks):
+        raise ValueError("give either --data FILE ... (bits per byte) or --tasks NAMES (lm-evaluation-harness tasks)")
+    for path in args.data or []:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit {args.limit} must be a positive number of documents per task")
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise FileNotFoundError(f"--json {args.json}: its folder does not exist")
+    device = resolve_device(args.device)
+    if args.tasks:
+        try:
+            from minillm.harness import run_tasks
+        except ImportError as e:
+            raise ValueError(f"--tasks needs lm-evaluation-harness ({e}): pip install 'minillm[eval]'") from None
+        from lm_eval.utils import make_table
+
+        limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+        out = run_tasks(args.ckpt, args.tasks, include_path=args.include_path, limit=limit,
+                        batch_size=args.batch_size, device=device)
+        print(make_table(out))
+        result = out["results"]
+    else:
+        from minillm.evaluate import files_bpb
+        from minillm.export import load_for_export
+
+        model, tok, _ = load_for_export(args.ckpt)
+        result = files_bpb(model.to(device), tok, args.data, args.seq_len, args.batch_size)
+        for path, r in result["files"].items():
+            print(f"{path}: {r['bpb']:.4f} bits/byte ({r['nats_per_token']:.4f} nats/token, {r['tokens']:,} tokens, "
+                  f"{r['bytes']:,} bytes)")
+        if len(result["files"]) > 1:
+            print(f"all: {result['bpb']:.4f} bits/byte ({result['nats_per_token']:.4f} nats/token, "
+                  f"{result['tokens']:,} tokens, {result['bytes']:,} bytes)")
+    if args.json:
+        from minillm.evaluate import write_json
+
+        write_json(args.json, result)
     return 0
 
 # %% ../nbs/90_cli.ipynb #56189887
@@ -258,24 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    s.add_argument("--prompt", required=True, help="text to continue")
-    s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
-    s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
-    s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
-    s.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default: 0.95; 1: off)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    s.add_argument("--draft", metavar="DIR", help="a smaller model with the same tokenizer: speculative decoding, the "
-                   "same text sooner (statistics on standard error)")
-    s.add_argument("--draft-tokens", type=int, default=4, metavar="γ", help="tokens the draft proposes per target call "
-                   "(default: 4)")
-    s.add_argument("--draft-method", choices=["replay", "rejection"], default="replay",
-                   help="replay (default): the text equals generate's for the same seed; rejection: the paper's rule "
-                        "(accepts more; same distribution, other draws)")
-    s.set_defaults(func=cmd_generate)
+    _generate_parser(sub)
 
     s = sub.add_parser("export", help="export a checkpoint to a Hugging Face directory or a GGUF file")
     s.add_argument("--ckpt", required=True, metavar="DIR",
@@ -287,6 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing --out")
     s.set_defaults(func=cmd_export)
 
+    s = sub.add_parser("eval", help="bits per byte of text files, or lm-evaluation-harness tasks",
+                       description="Measure a checkpoint. --data: bits per byte of each file, scored as [BOS] + "
+                       "encode(text) in windows of the model's context (--seq-len) every half window, each token after "
+                       "BOS exactly once with at least half a window of context after the first window; bpb = total NLL "
+                       "in nats / ln 2 / UTF-8 bytes. --tasks: lm-evaluation-harness tasks through its simple_evaluate.")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--data", nargs="+", metavar="FILE", help="UTF-8 text files to measure bits per byte on")
+    s.add_argument("--tasks", metavar="NAMES", help="comma-separated lm-eval tasks: stdlib_mc (the course's), "
+                   "hellaswag, arc_easy, ... or names from --include-path")
+    s.add_argument("--include-path", metavar="DIR", help="a folder of lm-eval task files (*.yaml) for --tasks")
+    s.add_argument("--limit", type=float, metavar="N", help="at most N documents per task (a fraction if below 1)")
+    s.add_argument("--seq-len", type=int, metavar="TOKENS", help="window length for --data (default: the model's context)")
+    s.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per forward pass (default: 8)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--json", metavar="OUT", help="write the figures as JSON: bpb, nats_per_token, tokens, bytes (and "
+                   "each file's) for --data; lm-eval's results for --tasks")
+    s.set_defaults(func=cmd_eval)
     _quantize_parser(sub)
     return p
 
