@@ -182,7 +182,7 @@ def run_cli(*argv):
     return code, out.getvalue(), err.getvalue()
 
 
-def test_quantize_command_gptq_then_generate_and_export(run, tmp_path):
+def test_quantize_command_gptq_then_generate_eval_and_export(run, tmp_path):
     from transformers import LlamaForCausalLM
 
     code, out, err = run_cli("quantize", "--ckpt", run, "--out", tmp_path / "q4", "--bits", "4", "--method", "gptq",
@@ -197,6 +197,14 @@ def test_quantize_command_gptq_then_generate_and_export(run, tmp_path):
     code, text, _ = run_cli("generate", "--ckpt", tmp_path / "q4", "--prompt", "def ", "--max-new-tokens", "10",
                             "--temperature", "0")
     assert code == 0 and text.startswith("def ")
+    text = tmp_path / "text.txt"
+    text.write_text("Quantized weights, measured the way every checkpoint is.\n" * 20)
+    code, _, err = run_cli("eval", "--ckpt", tmp_path / "q4", "--data", text, "--json", tmp_path / "bpb.json")
+    assert code == 0, err
+    from minillm.evaluate import text_bpb
+
+    assert json.loads((tmp_path / "bpb.json").read_text())["bpb"] == pytest.approx(
+        text_bpb(model, tok, [text.read_text()])["bpb"], rel=1e-9)
     assert run_cli("export", "--ckpt", tmp_path / "q4", "--out", tmp_path / "hf")[0] == 0
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf")  # dequantized float weights
     ids = torch.tensor([tok.encode("import os\n", bos=True)])
