@@ -15,7 +15,7 @@ import minillm
 
 # %% auto #0
 __all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_eval', 'cmd_quantize',
-           'build_parser', 'main', 'console']
+           'cmd_finetune', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -162,15 +162,23 @@ def cmd_plan(args) -> int:
 def cmd_generate(args) -> int:
     """Continue a prompt with a checkpoint (a run or checkpoint folder, a quantized folder, or a Hugging Face Llama
     directory); with `--draft`, speculative decoding writes the same text sooner and
-    reports its acceptance rate and speed on standard error."""
+    reports its acceptance rate and speed on standard error; with `--chat`, the prompt is a user's message and the
+    reply is printed."""
     from minillm.export import load_for_export
     from minillm.generate import complete
     from minillm.train import resolve_device
 
     device = resolve_device(args.device)
+    if args.chat and args.draft is not None:
+        raise ValueError("--chat and --draft do not combine: drop --draft to answer in the chat template")
     model, tok, _ = load_for_export(args.ckpt)
     model = model.to(device)
     settings = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if args.chat:  # the prompt is a user's message; print only the reply
+        from minillm.finetune import chat_reply
+
+        print(chat_reply(model, tok, args.prompt, *settings))
+        return 0
     if args.draft is None:
         print(args.prompt + complete(model, tok, args.prompt, *settings))
         return 0
@@ -191,7 +199,9 @@ def _generate_parser(sub) -> None:
     s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
     s.add_argument("--ckpt", required=True, metavar="DIR",
                    help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
-    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--prompt", required=True, help="text to continue (with --chat: the user's message)")
+    s.add_argument("--chat", action="store_true", help="answer the prompt as a chat model: the prompt becomes a user "
+                   "message in the chat template (TinyLlama-Chat's) and only the reply is printed")
     s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
     s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
     s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
@@ -339,6 +349,84 @@ def _quantize_parser(sub) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing --out")
     s.set_defaults(func=cmd_quantize)
 
+# %% ../nbs/90_cli.ipynb #232ddf82
+def cmd_finetune(args) -> int:
+    """Fine-tune a checkpoint on chat conversations: a LoRA adapter (default), QLoRA on a 4-bit base, or every weight
+    (`--full`). The folder it writes is read by `generate --chat`, `export` (the merged model) and peft."""
+    import warnings
+    from pathlib import Path
+
+    from minillm.export import load_for_export
+    from minillm.files import check_writable
+    from minillm.finetune import FinetuneConfig, finetune, is_finetune, read_chat, save_finetune
+
+    if args.qlora and args.full:
+        raise ValueError("--qlora trains an adapter on a 4-bit base and --full trains every weight: choose one")
+    names = dict(lora_rank="lora_rank", lora_alpha="lora_alpha", lora_dropout="lora_dropout", lr="lr", min_lr="min_lr",
+                 warmup="warmup", epochs="epochs", max_steps="max_steps", batch_size="batch", micro_batch="micro_batch",
+                 max_len="seq_len", val_fraction="val_fraction", dtype="dtype", seed="seed", device="device")
+    options = {k: getattr(args, v) for k, v in names.items() if getattr(args, v) is not None}
+    if args.lora_targets:
+        options["lora_targets"] = tuple(t.strip() for t in args.lora_targets.split(","))
+    cfg = FinetuneConfig(method="qlora" if args.qlora else "full" if args.full else "lora", rslora=args.rslora, **options)
+    out, ckpt = Path(args.out).expanduser(), Path(args.ckpt).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (args.force and is_finetune(out)):
+        raise ValueError(f"--out {out} already exists" + ("; pass --force to replace that fine-tune" if is_finetune(out)
+                                                          else ": choose a new folder"))
+    if ckpt.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} is the checkpoint being fine-tuned or holds it: write elsewhere")
+    check_writable(out.parent, "--out")
+    conversations = read_chat(args.data)
+    model, tok, _ = load_for_export(ckpt)
+    print(f"minillm finetune: {cfg.method} on {ckpt} ({model.cfg.n_params:,} parameters), {len(conversations)} "
+          f"conversations from {args.data}", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():  # one line each, like every other message
+        warnings.showwarning = lambda message, *_, **__: print(f"minillm finetune: warning: {message}", file=sys.stderr)
+        res = finetune(model, tok, conversations, cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    save_finetune(model, tok, out, cfg, base=ckpt, result=res, overwrite=args.force)
+    print(f"{out}: {cfg.method} fine-tune, {res.trainable:,} trained parameters, {len(res.history)} steps in "
+          f"{res.seconds:.0f} s; assistant-token loss on {res.n_val} held-out conversations {res.val_loss_before:.3f} "
+          f"→ {res.val_loss_after:.3f} nats")
+    return 0
+
+
+def _finetune_parser(sub) -> None:
+    "The `minillm finetune` subcommand's arguments."
+    s = sub.add_parser("finetune", help="fine-tune a checkpoint on chat conversations (LoRA, QLoRA or every weight)",
+                       description="Train a model to answer in TinyLlama-Chat's template, on the assistant's tokens only. "
+                       "The folder written holds a LoRA adapter in peft's layout (or, with --full, every weight), the "
+                       "tokenizer and finetune.json; generate --chat, eval and export read it.")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="the model to start from: a run or checkpoint folder, "
+                   "a Hugging Face Llama directory, or an earlier fine-tune")
+    s.add_argument("--data", required=True, metavar="CHAT.jsonl", help='JSON lines of {"messages": [{"role": '
+                   '"system" | "user" | "assistant", "content": ...}, ...]}')
+    s.add_argument("--out", required=True, metavar="DIR", help="the fine-tune folder to write")
+    s.add_argument("--lora-rank", type=int, metavar="R", help="rank of the adapter (default: 8)")
+    s.add_argument("--lora-alpha", type=float, metavar="A", help="the update is scaled by A / R (default: 16)")
+    s.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapter's input (default: 0.05)")
+    s.add_argument("--lora-targets", metavar="NAMES", help="block matrices to adapt, comma-separated from "
+                   "q,k,v,o,gate,up,down (default: all)")
+    s.add_argument("--rslora", action="store_true", help="scale by A / sqrt(R) instead (rank-stabilized LoRA)")
+    s.add_argument("--qlora", action="store_true", help="keep the frozen base's block matrices in 4 bits (QLoRA)")
+    s.add_argument("--full", action="store_true", help="train every weight instead of an adapter")
+    s.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: --epochs passes over the data)")
+    s.add_argument("--epochs", type=float, metavar="E", help="passes over the training conversations (default: 2)")
+    s.add_argument("--lr", type=float, help="peak learning rate (default: 2e-4 for adapters, 2e-5 for --full)")
+    s.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine (default: 0)")
+    s.add_argument("--warmup", type=int, metavar="STEPS", help="linear warmup steps (default: 10)")
+    s.add_argument("--batch", type=int, metavar="CONVS", help="conversations per optimizer step (default: 16)")
+    s.add_argument("--micro-batch", type=int, metavar="CONVS", help="conversations per forward/backward (default: 16)")
+    s.add_argument("--seq-len", type=int, metavar="TOKENS", help="longer conversations are cut to this (default: the "
+                   "model's context)")
+    s.add_argument("--val-fraction", type=float, metavar="F", help="share of conversations held out to measure the "
+                   "loss before and after (default: 0.05)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16"], help="dtype of the frozen weights and the compute "
+                   "(adapters stay float32; default: float32)")
+    s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    s.add_argument("--seed", type=int, help="seed of the split, the order and the adapter's start (default: 0)")
+    s.add_argument("--force", action="store_true", help="replace an earlier fine-tune in --out")
+    s.set_defaults(func=cmd_finetune)
+
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def build_parser() -> argparse.ArgumentParser:
     "The `minillm` argument parser: one subparser per subcommand."
@@ -441,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "each file's) for --data; lm-eval's results for --tasks")
     s.set_defaults(func=cmd_eval)
     _quantize_parser(sub)
+    _finetune_parser(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -402,7 +403,8 @@ FINETUNE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class FinetuneConfig:
     """How to fine-tune: `method` (lora: adapters on a frozen base; qlora: the same on a 4-bit base; full: every weight),
-    the adapter's shape, the schedule (AdamW, linear warmup then cosine to `min_lr`, `max_steps` steps of `batch_size`
+    the adapter's shape, the schedule (AdamW at `lr`, by default 2e-4 for adapters (QLoRA's) and 2e-5 for every weight,
+    linear warmup then cosine to `min_lr`, `max_steps` steps of `batch_size`
     conversations, `micro_batch` at a time; by default `epochs` passes over the training conversations), `max_len`
     tokens per conversation (default: the model's context), the frozen weights' `dtype` (adapters stay float32), and
     `val_fraction` of the conversations held out to measure the assistant-token loss before and after."""
@@ -412,7 +414,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = tuple(LORA_TARGETS)
     rslora: bool = False
-    lr: float = 2e-4
+    lr: float | None = None
     min_lr: float = 0.0
     warmup: int = 10
     epochs: float = 2.0
@@ -437,6 +439,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
+        if self.lr is None:
+            self.lr = 2e-5 if self.method == "full" else 2e-4
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.warmup >= 0 and self.epochs > 0):
             raise ValueError(f"lr={self.lr}, min_lr={self.min_lr}, warmup={self.warmup}, epochs={self.epochs}: need "
                              f"lr > 0, 0 <= min_lr <= lr, warmup >= 0, epochs > 0")
@@ -529,6 +533,17 @@ def chat_loss(model: nn.Module, examples: list[tuple[list[int], list[int]]], bat
     model.train(was_training)
     return total / count if count else math.nan
 
+# %% ../nbs/21_finetune.ipynb #679f1197
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 (hex) of every weight's name, shape and first and last 16 values: cheap even for TinyLlama, and enough to
+    tell the checkpoint an adapter was trained on from any other."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().flatten()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(torch.cat([flat[:16], flat[-16:]]).float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
 # %% ../nbs/21_finetune.ipynb #f09c8a54
 @dataclass
 class FinetuneResult:
@@ -540,6 +555,7 @@ class FinetuneResult:
     n_val: int
     trainable: int
     seconds: float
+    base_weights: str = ""
 
     def summary(self) -> dict:
         "Everything but the history, JSON-ready."
@@ -571,6 +587,7 @@ def finetune(model: Llama, tokenizer: Tokenizer, conversations: list[list[dict]]
     examples = chat_examples(conversations, tokenizer, max_len)
     train_idx, val_idx = split_conversations(conversations, cfg.val_fraction, cfg.seed)
     train_ex, val_ex = [examples[i] for i in train_idx], [examples[i] for i in val_idx]
+    base_weights = weights_fingerprint(model)
     torch.manual_seed(cfg.seed)
     params = prepare_model(model, cfg, device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -590,7 +607,7 @@ def finetune(model: Llama, tokenizer: Tokenizer, conversations: list[list[dict]]
     model.eval()
     after = chat_loss(model, val_ex, cfg.micro_batch)
     return FinetuneResult(history, before, after, len(train_ex), len(val_ex), sum(p.numel() for p in params),
-                          time.time() - start)
+                          time.time() - start, base_weights)
 
 # %% ../nbs/21_finetune.ipynb #33e7b15f
 FINETUNE_FORMAT = "minillm-finetune/1"
@@ -678,8 +695,9 @@ def load_finetune(path: str | os.PathLike, load_base: Callable) -> tuple[Llama, 
         raise FileNotFoundError(f"{path} is an adapter for the checkpoint {base}, which does not exist: put the base "
                                 f"back there (its folder is recorded in {FINETUNE_FILE})")
     model, base_tok, _ = load_base(base)
-    if base_tok.fingerprint != info["tokenizer"] or any(getattr(model.cfg, k) != info["base_config"][k] for k in _SHAPE):
-        raise ValueError(f"{base} is not the checkpoint {path} was trained on: its shape or tokenizer differs")
+    if base_tok.fingerprint != info["tokenizer"] or any(getattr(model.cfg, k) != info["base_config"][k] for k in _SHAPE) \
+            or info.get("base_weights", "") not in ("", weights_fingerprint(model)):
+        raise ValueError(f"{base} is not the checkpoint {path} was trained on: its weights, shape or tokenizer differ")
     load_adapter(model, path)
     return merge_lora(model).eval(), tok, path.name
 
