@@ -20,7 +20,7 @@ __all__ = ['assert_close', 'sliding_windows', 'bits_per_byte', 'choice_scores', 
            'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step', 'top_p', 'greedy',
            'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward', 'swiglu_function',
            'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams', 'data_parallel_grads',
-           'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name']
+           'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name', 'chat_render', 'chat_targets', 'lora_merge']
 
 # %% ../nbs/91_check.ipynb #44aa343c
 def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -882,3 +882,61 @@ def gguf_name(fn):
     with torch.device("meta"):
         names = [n for n, _ in Llama(LlamaConfig.from_name("debug", n_layers=2)).named_parameters()]
     return f"{_run('check.gguf_name', fn, gguf_name, [(repr(n), (n,)) for n in names])} parameter names"
+
+# %% ../nbs/91_check.ipynb #fffdca64
+_CHATS = [[{"role": "user", "content": "What is `len` for?"},
+           {"role": "assistant", "content": "`len(obj)`: Return the number of items."}],
+          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "And `abs`?"},
+           {"role": "assistant", "content": "Absolute value."}, {"role": "user", "content": "Its signature?"},
+           {"role": "assistant", "content": "`abs(x, /)`"}],
+          [{"role": "user", "content": "Is `</s>` special here?"},
+           {"role": "assistant", "content": "No: in a message it is text."}],
+          [{"role": "system", "content": "No answer yet."}, {"role": "user", "content": "Well?"}]]
+
+
+def _chat_tokenizer():
+    "A small byte-level BPE with <s> and </s>, trained on the check's conversations."
+    from minillm.finetune import render_chat
+    from minillm.tokenizer import Tokenizer
+
+    return Tokenizer.train([render_chat(c) for c in _CHATS] * 3, vocab_size=300)
+
+@_exercise
+def chat_render(fn):
+    """Check `fn(messages, add_generation_prompt) -> str`: a conversation in TinyLlama-Chat's template, against
+    `minillm.finetune.render_chat` (which transformers' `apply_chat_template` matches)."""
+    from minillm.finetune import render_chat
+
+    cases = [(f"conversation {i} ({len(c)} messages), add_generation_prompt={g}", (c, g)) for i, c in enumerate(_CHATS)
+             for g in (False, True)]
+    ref = lambda c, g: render_chat(c, add_generation_prompt=g)
+    return f"{_run('check.chat_render', fn, ref, cases)} renderings"
+
+@_exercise
+def chat_targets(fn):
+    """Check `fn(messages, tokenizer, max_len) -> (inputs, targets)`: next-token targets on the assistant's tokens and
+    their `</s>` only (-100 elsewhere), cut to max_len, against `minillm.finetune.chat_example`."""
+    from minillm.finetune import chat_example
+
+    tok = _chat_tokenizer()
+    cases = [(f"conversation {i} ({len(c)} messages), max_len={n}", (c, tok, n)) for i, c in enumerate(_CHATS)
+             for n in (200, 12)]
+    return f"{_run('check.chat_targets', fn, lambda c, t, n: tuple(chat_example(c, t, n)[:2]), cases)} conversations"
+
+@_exercise
+def lora_merge(fn):
+    """Check `fn(W, A, B, alpha, rank, rslora) -> W'`: the weight with the adapter merged in, W + s·B·A with
+    s = alpha / rank (alpha / √rank with rsLoRA), against `minillm.finetune.LoRALinear.merge`."""
+    from minillm.finetune import LoRALinear
+
+    def ref(W, A, B, alpha, rank, rslora):
+        layer = LoRALinear(torch.nn.Linear(W.shape[1], W.shape[0], bias=False), rank, alpha, rslora=rslora)
+        with torch.no_grad():
+            layer.base.weight.copy_(W), layer.lora_A.copy_(A), layer.lora_B.copy_(B)
+        layer.merge()
+        return layer.base.weight.detach()
+    cases = [(f"W {tuple(s)}, rank {r}, alpha {a}, rslora={rs}", (_randn(*s), _randn(r, s[1], seed=1),
+              _randn(s[0], r, seed=2, scale=0.1), a, r, rs))
+             for s, r, a, rs in [((8, 6), 2, 4.0, False), ((48, 32), 8, 16.0, False), ((48, 32), 8, 16.0, True),
+                                 ((5, 7), 1, 1.0, True)]]
+    return f"{_run('check.lora_merge', fn, ref, cases)} adapters"

@@ -29,6 +29,7 @@ C11A, C11B, C11C, C11D, C11E, C11F = (chapter(n) for n in (
     "11a_kernels_rmsnorm", "11b_kernels_rope", "11c_kernels_swiglu", "11d_kernels_cross_entropy",
     "11e_kernels_attention", "11f_kernels_switch"))
 C12, C13, C14 = chapter("12_distributed"), chapter("13_pretrain"), chapter("14_export")
+C21 = chapter("21_finetune")
 
 
 # Wrong answers: the mistakes a learner is likely to make. Each row: chapter module, check name, a wrong function,
@@ -168,6 +169,10 @@ WRONG = [
     (C13, "accum_steps", lambda G, m, W: G // (m * W), "world_size=3"),
     (C14, "q8_0", lambda w: (w.reshape(-1, 32).abs().amax(-1).div(128).half(), C14.q8_0(w)[1]), "w of shape (64,)"),
     (C14, "gguf_name", lambda n: C14.gguf_name(n).replace("attn_output", "attn_out"), "attention.wo"),
+    (C21, "chat_render", lambda m, g=False: C21.chat_render(m, g).replace("</s>\n", "</s>"), "conversation 0"),
+    (C21, "chat_targets", lambda m, t, n: (C21.chat_targets(m, t, n)[0], C21.chat_targets(m, t, n)[0][1:] + [-100]),
+     "conversation 0 (2 messages), max_len=200"),
+    (C21, "lora_merge", lambda W, A, B, a, r, rs=False: W + a / r * (B @ A), "rslora=True"),
 ]
 IDS = [name for _, name, _, _ in WRONG]
 
@@ -175,7 +180,7 @@ IDS = [name for _, name, _, _ in WRONG]
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
     solved = {n for m in (C00, C01, C02, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E, C11F,
-                          C12, C13, C14) for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
+                          C12, C13, C14, C21) for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
 
