@@ -110,7 +110,10 @@ def cmd_train(args) -> int:
         destroy_distributed(env, wait=False)
         print(f"\nminillm train: interrupted ({_latest(tcfg.out_dir)})", file=sys.stderr)
         return 130
-    except OSError as e:  # the file system, mid-run: a full disk, a folder that vanished
+    except FileNotFoundError:  # a missing input: bad input, reported by main
+        destroy_distributed(env, wait=False)
+        raise
+    except OSError as e:  # the file system, mid-run: a full disk, a folder that became unwritable
         destroy_distributed(env, wait=False)
         print(f"minillm train: error: {e.strerror or e} ({e.filename or tcfg.out_dir}); {_latest(tcfg.out_dir)}",
               file=sys.stderr)

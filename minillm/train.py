@@ -341,7 +341,8 @@ class Run:
         micro = fit_micro_batch(tcfg.global_batch, tcfg.micro_batch, self.world)
         self.loader = Loader(mixture, self.seq_len, tcfg.global_batch, micro, seed=tcfg.seed, rank=self.rank,
                              world_size=self.world, device=self.device)
-        self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * micro, data=val_data)
+        # the recipe's micro-batch, not the fitted one: the windows evaluated never depend on the number of processes
+        self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * tcfg.micro_batch, data=val_data)
         ckpt = _resumable(self.run_dir, cfg, mixture) if resume else None
         self.model = build_model(cfg, tcfg, self.device)
         self.optimizer = make_optimizer(self.model, tcfg, self.device)
@@ -708,6 +709,11 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     env = current_env(resolve_device(tcfg.device))
     if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first (maybe for hours); the others wait
         barrier(env, timeout_s=24 * 3600)
+    from minillm.data import parse_data
+
+    parse_data(tcfg.data)  # a missing file or a bad spec stops here, before the run folder is made
+    if tcfg.val_data:
+        parse_data(tcfg.val_data)
     lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
     try:
         if resume:
