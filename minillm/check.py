@@ -13,12 +13,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['assert_close', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'n_params', 'flops_per_token', 'bpe_merge',
-           'bpe_encode', 'pack', 'xy', 'rmsnorm', 'layer_norm', 'apply_rope', 'interleaved_to_half', 'causal_attention',
-           'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss', 'block_forward', 'to_hf_name', 'safetensors_header',
-           'lr_at', 'adamw_step', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward',
-           'swiglu_backward', 'swiglu_function', 'online_logsumexp', 'cross_entropy_grad', 'tiled_attention',
-           'install_seams', 'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name']
+__all__ = ['assert_close', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call',
+           'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'n_params',
+           'flops_per_token', 'bpe_merge', 'bpe_encode', 'pack', 'xy', 'rmsnorm', 'layer_norm', 'apply_rope',
+           'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss',
+           'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step', 'top_p', 'greedy',
+           'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward', 'swiglu_function',
+           'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams', 'data_parallel_grads',
+           'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name']
 
 # %% ../nbs/91_check.ipynb #44aa343c
 def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -210,6 +212,115 @@ def choice_scores(fn) -> None:
             raise AssertionError(f"choice_scores: on {where}, expected one number per ending ({e})") from None
         assert_close("choice_scores", got, want, where, rtol=1e-4, atol=1e-4)
     print(f"choice_scores: matches on all {len(cases)} items")
+
+# %% ../nbs/91_check.ipynb #149c2b70
+def expected_tokens_per_call(fn) -> None:
+    "Check `fn(alpha, gamma)`, the expected tokens per target call, against the package's on a grid (α = 0 and 1 included)."
+    from minillm.speculative import expected_tokens_per_call as ref
+
+    for gamma in (1, 2, 4, 7):
+        for alpha in (0.0, 0.3, 0.5, 0.8, 0.95, 1.0):
+            got, want = fn(alpha, gamma), ref(alpha, gamma)
+            if not isinstance(got, (int, float)) or not abs(got - want) <= 1e-9 * max(1.0, want):
+                raise AssertionError(f"expected_tokens_per_call: on alpha={alpha}, gamma={gamma}, got {got!r}, "
+                                     f"the reference gives {want:.6g}")
+    print("expected_tokens_per_call: matches (1 - α^(γ+1)) / (1 - α) on 24 points, α = 1 included")
+
+# %% ../nbs/91_check.ipynb #52286a73
+def residual_distribution(fn) -> None:
+    "Check `fn(p, q)`, the normalized max(0, p − q), against the package's on random pairs, a batch, and p == q."
+    from minillm.speculative import residual_distribution as ref
+
+    gen = torch.Generator().manual_seed(0)
+    p, q = torch.rand(8, generator=gen).softmax(-1), torch.rand(8, generator=gen).softmax(-1)
+    cases = {"one pair of 8-word distributions": (p, q),
+             "a batch (3, 50)": (torch.randn(3, 50, generator=gen).softmax(-1), torch.randn(3, 50, generator=gen).softmax(-1)),
+             "p == q (nothing to correct: p itself)": (p, p.clone()),
+             "a one-hot q on p's likeliest word": (p, torch.nn.functional.one_hot(p.argmax(), 8).float())}
+    for where, (a, b) in cases.items():
+        assert_close("residual_distribution", fn(a, b), ref(a, b), where, rtol=1e-5, atol=1e-6)
+    print(f"residual_distribution: matches on {len(cases)} inputs")
+
+# %% ../nbs/91_check.ipynb #522e7df3
+def accept_or_resample(fn, trials: int = 20_000) -> None:
+    """Check `fn(p, q, drafts, generator) -> (accepted, next token)` by its output: run over `trials` blocks of one
+    draft token drawn from q, the first token it yields must follow the target's p (total variation < 0.02, about
+    six standard errors at this size), and sure cases must be decided surely."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.40, 0.25, 0.15, 0.10, 0.06, 0.04])
+    q = torch.tensor([0.20, 0.45, 0.05, 0.15, 0.10, 0.05])
+    counts = torch.zeros(6)
+    for x in torch.multinomial(q, trials, replacement=True, generator=gen).tolist():
+        n, nxt = fn(torch.stack([p, p]), q[None], torch.tensor([x]), gen)
+        if n not in (0, 1):
+            raise AssertionError(f"accept_or_resample: with one draft token it returned {n} accepted (0 or 1 expected)")
+        counts[x if n == 1 else int(nxt)] += 1
+    freq = counts / trials
+    tv = 0.5 * float((freq - p).abs().sum())
+    if tv > 0.02:
+        raise AssertionError(f"accept_or_resample: the first token out should follow p = {p.tolist()}, but over {trials} "
+                             f"blocks its frequencies are {[round(v, 3) for v in freq.tolist()]} (total variation {tv:.3f})")
+    n, _ = fn(torch.stack([p, p, p]), torch.stack([p, p]), torch.tensor([0, 1]), gen)
+    if n != 2:
+        raise AssertionError(f"accept_or_resample: with q == p every draft must be accepted, got {n} of 2")
+    zero = torch.tensor([0.0, 0.5, 0.5, 0, 0, 0])
+    for _ in range(20):
+        n, nxt = fn(torch.stack([zero, p]), torch.nn.functional.one_hot(torch.tensor([0]), 6).float(), torch.tensor([0]), gen)
+        if n != 0 or int(nxt) not in (1, 2):
+            raise AssertionError(f"accept_or_resample: a draft token the target gives probability 0 must be rejected "
+                                 f"and replaced by one of p's (ids 1 or 2); got accepted={n}, next={int(nxt)}")
+    print(f"accept_or_resample: the tokens it yields follow the target's distribution (TV {tv:.3f} over {trials} blocks)")
+
+# %% ../nbs/91_check.ipynb #588fb22b
+def quantize_int8(fn) -> None:
+    """Check `fn(w) -> (q, scale)`: symmetric int8 per output channel, q int8 (out, in) and scale (out, 1) float32
+    with w ≈ q · scale, scale = max|w| / 127.5 (torchao's SYMMETRIC), rounding half to even, q in [-128, 127]."""
+    gen = torch.Generator().manual_seed(0)
+    cases = {"a (16, 64) matrix": torch.randn(16, 64, generator=gen),
+             "a (5, 123) matrix with one large row": torch.randn(5, 123, generator=gen) * torch.tensor([[1.0], [50], [1], [0.01], [1]])}
+    for where, w in cases.items():
+        got = fn(w)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise AssertionError(f"quantize_int8: on {where}, expected (q, scale), got {type(got).__name__}")
+        q, scale = got
+        want_scale = w.abs().amax(-1, keepdim=True) / 127.5
+        assert_close("quantize_int8 scale", scale, want_scale, where, rtol=1e-6, atol=0)
+        x = w / want_scale
+        tie = ((x.abs() - x.abs().floor()) - 0.5).abs() < 1e-4  # a value on a rounding boundary may go either way
+        want_q = torch.round(x).clamp(-128, 127).to(torch.int8)
+        if isinstance(q, torch.Tensor) and q.shape == want_q.shape:
+            q = torch.where(tie & ((q.int() - want_q.int()).abs() <= 1), want_q, q.to(torch.int8) if q.dtype != torch.int8 else q)
+        assert_close("quantize_int8 q", q, want_q, where, rtol=0, atol=0)
+    print(f"quantize_int8: q and scales match on {len(cases)} matrices")
+
+# %% ../nbs/91_check.ipynb #1f4e9ad3
+def quantize_int4(fn) -> None:
+    """Check `fn(w, group_size) -> QuantizedWeight` (symmetric 4-bit groups with float16 scales) against
+    `minillm.quantize.quantize_weight`, to the bit in the dequantized weights."""
+    from minillm.quantize import quantize_weight
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, g in (((8, 64), 32), ((16, 256), 64), ((4, 128), 128), ((6, 96), 32)):
+        w = torch.randn(*shape, generator=gen) * 0.05
+        want = quantize_weight(w, 4, g).dequantize()
+        assert_close("quantize_int4", fn(w, g).dequantize(), want, f"a {shape} matrix, group_size {g}", rtol=0, atol=0)
+    print("quantize_int4: dequantized weights equal the package's bit for bit on 4 matrices and group sizes")
+
+# %% ../nbs/91_check.ipynb #9596455b
+def gptq_quantize(fn) -> None:
+    """Check `fn(w, H, group_size) -> QuantizedWeight` (GPTQ, 4 bits) against `minillm.quantize.gptq_quantize`: the
+    same integers and scales on correlated inputs, and round-to-nearest when H is the identity."""
+    from minillm.quantize import gptq_quantize as ref
+    from minillm.quantize import quantize_weight
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 64, generator=gen) * 0.1
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
+    for where, H, want in (("correlated inputs", x.T @ x / len(x), ref(w, x.T @ x / len(x), 4, 32)),
+                           ("H = identity (must equal round-to-nearest)", torch.eye(64), quantize_weight(w, 4, 32))):
+        got = fn(w, H, 32)
+        assert_close("gptq_quantize", got.dequantize(), want.dequantize(), where, rtol=0, atol=1e-6)
+    print("gptq_quantize: matches the package on correlated inputs and reduces to round-to-nearest for H = I")
 
 # %% ../nbs/91_check.ipynb #59d06f68
 @_exercise

@@ -14,8 +14,8 @@ from pathlib import Path
 import minillm
 
 # %% auto #0
-__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_eval', 'build_parser', 'main',
-           'console']
+__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_eval', 'cmd_quantize',
+           'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -163,16 +163,52 @@ def cmd_plan(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #f58614b6
 def cmd_generate(args) -> int:
-    "Continue a prompt with a trained checkpoint (a run or checkpoint folder, or a Hugging Face Llama directory)."
+    """Continue a prompt with a checkpoint (a run or checkpoint folder, a quantized folder, or a Hugging Face Llama
+    directory); with `--draft`, speculative decoding writes the same text sooner and
+    reports its acceptance rate and speed on standard error."""
     from minillm.export import load_for_export
     from minillm.generate import complete
     from minillm.train import resolve_device
 
+    device = resolve_device(args.device)
     model, tok, _ = load_for_export(args.ckpt)
-    model.to(resolve_device(args.device))
-    text = complete(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    model = model.to(device)
+    settings = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if args.draft is None:
+        print(args.prompt + complete(model, tok, args.prompt, *settings))
+        return 0
+    from minillm.speculative import SpeculativeStats, check_same_tokenizer, speculative_complete
+
+    draft, draft_tok, _ = load_for_export(args.draft)
+    check_same_tokenizer(tok, draft_tok)
+    stats = SpeculativeStats()
+    text = speculative_complete(model, draft.to(device), tok, args.prompt, *settings, gamma=args.draft_tokens,
+                                method=args.draft_method, stats=stats)
     print(args.prompt + text)
+    print(f"speculative decoding (γ={args.draft_tokens}, {args.draft_method}): {stats.summary()}", file=sys.stderr)
     return 0
+
+
+def _generate_parser(sub) -> None:
+    "The `minillm generate` subcommand's arguments."
+    s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
+    s.add_argument("--ckpt", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
+    s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
+    s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    s.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default: 0.95; 1: off)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--draft", metavar="DIR", help="a smaller model with the same tokenizer: speculative decoding, the "
+                   "same text sooner (statistics on standard error)")
+    s.add_argument("--draft-tokens", type=int, default=4, metavar="γ", help="tokens the draft proposes per target call "
+                   "(default: 4)")
+    s.add_argument("--draft-method", choices=["replay", "rejection"], default="replay",
+                   help="replay (default): the text equals generate's for the same seed; rejection: the paper's rule "
+                        "(accepts more; same distribution, other draws)")
+    s.set_defaults(func=cmd_generate)
 
 # %% ../nbs/90_cli.ipynb #65d3ade9
 def cmd_export(args) -> int:
@@ -235,23 +271,86 @@ def cmd_eval(args) -> int:
         write_json(args.json, result)
     return 0
 
+# %% ../nbs/90_cli.ipynb #56189887
+def _calibration(args, tok, max_seq_len: int):
+    "GPTQ's calibration windows: from --calibration-data, or from the training data of the checkpoint --ckpt names."
+    import tempfile
+    from pathlib import Path
+
+    from minillm.quantize import calibration_windows
+    from minillm.train import Checkpoint
+
+    specs, cache = args.calibration_data, None
+    if specs is None:
+        try:
+            ckpt = Checkpoint(args.ckpt)
+        except (FileNotFoundError, ValueError):
+            raise ValueError(f"{args.ckpt} is not a minillm training checkpoint, so its training data is unknown: "
+                             f"give GPTQ's calibration text with --calibration-data") from None
+        specs, cache = ckpt.train_config.data, ckpt.path.parent.parent / "data"  # the run's token cache
+    with tempfile.TemporaryDirectory() as tmp:
+        return calibration_windows(tok, specs, cache if cache is not None and cache.is_dir() else Path(tmp),
+                                   args.calibration_samples, max_seq_len)
+
+
+def cmd_quantize(args) -> int:
+    "Write a quantized copy of a checkpoint (8 or 4 bits, round-to-nearest or GPTQ)."
+    from minillm.export import export_summary, load_for_export
+    from minillm.quantize import is_quantized, quantize_model, save_quantized
+
+    if is_quantized(args.ckpt):
+        raise ValueError(f"{args.ckpt} is already quantized; quantize the full-precision checkpoint")
+    group_size = args.group_size if args.group_size is not None else (32 if args.bits == 4 else None)
+    model, tok, name = load_for_export(args.ckpt)
+    calibration = _calibration(args, tok, model.cfg.max_seq_len) if args.method == "gptq" else None
+    qmodel = quantize_model(model, args.bits, group_size, args.scheme, args.embed_bits, args.method, calibration)
+    label = f"int{args.bits}-{'row' if group_size is None else f'g{group_size}'}-{args.method}"
+    info = dict(name=f"{name}-{label}", bits=args.bits, group_size=group_size, scheme=args.scheme, method=args.method,
+                source=str(args.ckpt), calibration=None if calibration is None else
+                dict(data=list(args.calibration_data or []) or "training data", windows=list(calibration.shape)))
+    try:
+        out = save_quantized(qmodel, args.out, tok, info, overwrite=args.force)
+    except FileExistsError as e:
+        print(f"minillm quantize: error: {e}", file=sys.stderr)
+        return 2
+    print(export_summary(out))
+    return 0
+
+def _quantize_parser(sub) -> None:
+    "The `minillm quantize` subcommand's arguments."
+    s = sub.add_parser("quantize", help="store a checkpoint's weights in 8 or 4 bits (round-to-nearest or GPTQ)",
+                       description="Write a quantized checkpoint folder (packed safetensors, config, tokenizer, "
+                                   "quantization.json) that eval, generate and export accept. Matrices of attention "
+                                   "and feed-forward layers get --bits; the embedding and output head 8 bits per row "
+                                   "unless --embed-bits 4.")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder, a checkpoint folder or a Hugging Face "
+                   "Llama directory (full precision)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the quantized checkpoint folder to write")
+    s.add_argument("--bits", type=int, required=True, choices=[8, 4])
+    s.add_argument("--group-size", type=int, metavar="N", help="input columns per scale (default: 32 at 4 bits, "
+                   "a whole row at 8 bits)")
+    s.add_argument("--method", choices=["rtn", "gptq"], default="rtn", help="rtn: round to nearest (default); gptq: "
+                   "Frantar et al. 2022 on calibration windows from the training data")
+    s.add_argument("--scheme", choices=["symmetric", "asymmetric", "q4_0"], default="symmetric",
+                   help="symmetric (default), asymmetric (a zero point per group), q4_0 (llama.cpp's 4-bit blocks of 32)")
+    s.add_argument("--embed-bits", type=int, choices=[8, 4], help="bits of the embedding and output head (default: "
+                   "8; 4 with --scheme q4_0)")
+    s.add_argument("--calibration-data", nargs="+", metavar="SPEC", help="GPTQ calibration text (data specs as in "
+                   "train; default: the checkpoint's training data)")
+    s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="GPTQ calibration windows of "
+                   "max_seq_len tokens (default: 128)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=cmd_quantize)
+
 # %% ../nbs/90_cli.ipynb #f4a27d5f
-def build_parser() -> argparse.ArgumentParser:
-    "The `minillm` argument parser: one subparser per subcommand."
-    from minillm.config import KERNELS, PRESETS
-    from minillm.pretrain import GPUS
-
-    p = argparse.ArgumentParser(prog="minillm", description="Build and pretrain a small Llama, the way TinyLlama was built.")
-    p.add_argument("--version", action="version", version=f"minillm {minillm.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    s = sub.add_parser("info", help="show a preset's shape, parameter count and FLOPs per token")
-    s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
-    s.set_defaults(func=cmd_info)
+def _train_parser(sub) -> None:
+    "The `minillm train` subcommand's arguments; the choices come from the config module, where recipes live."
+    from minillm.config import AC_MODES, DTYPES, KERNELS, PARALLEL, PRESETS
 
     s = sub.add_parser("train", help="train a model (default: the toy preset on the built-in corpus, a few CPU minutes)",
                        description="Train a Llama. With no arguments: the toy preset on the built-in corpus in under "
-                                   "five minutes on a laptop CPU, then the validation bits per byte and a sample.")
+                                   "five minutes on a laptop CPU, then the validation bits per byte and a sample. Exit "
+                                   "status 75: SIGTERM stopped the run before its end (continue with --resume).")
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model and recipe preset (default: toy)")
     s.add_argument("--data", nargs="+", metavar="PATH", help="text to train on: files or folders (.txt, .jsonl, "
                    ".parquet), 'builtin', hf:NAME or a mixture; SPEC@WEIGHT mixes (default: the preset's)")
@@ -276,15 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
     s.add_argument("--prompt", help="prompt of the closing sample")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, float32 elsewhere")
+    s.add_argument("--dtype", choices=DTYPES, help="auto: bf16 autocast on CUDA, float32 elsewhere")
     s.add_argument("--compile", choices=["on", "off"], help="torch.compile the model (default: on CUDA only)")
-    s.add_argument("--kernels", choices=list(KERNELS), help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
+    s.add_argument("--kernels", choices=KERNELS, help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
                    "the run prints what each seam got")
     s.add_argument("--seed", type=int)
-    s.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"],
-                   help="with several processes (torchrun): fsdp (default) shards, ddp replicates")
-    s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing",
-                   choices=["none", "selective", "full"], help="recompute activations in the backward pass (default: none)")
+    s.add_argument("--parallel", choices=PARALLEL, help="with several processes (torchrun): fsdp (default) shards, "
+                   "ddp replicates")
+    s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing", choices=AC_MODES,
+                   help="recompute activations in the backward pass (default: none)")
     s.add_argument("--peak-tflops", type=float, metavar="TFLOPS", help="peak bf16 TFLOP/s of one GPU, for MFU "
                    "(default: from the GPU's name)")
     s.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: all cores)")
@@ -292,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
+
+
+def _plan_parser(sub) -> None:
+    "The `minillm plan` subcommand's arguments."
+    from minillm.config import PRESETS
+    from minillm.pretrain import GPUS
 
     s = sub.add_parser("plan", help="size a pretraining run: memory per GPU, fit, throughput and days",
                        description="What a preset's recipe needs on N GPUs of a kind, before renting them.")
@@ -306,28 +411,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused Triton kernels (default) or eager PyTorch, for the activation memory")
     s.set_defaults(func=cmd_plan)
 
-    s = sub.add_parser("generate", help="continue a prompt with a trained checkpoint")
-    s.add_argument("--ckpt", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
-    s.add_argument("--prompt", required=True, help="text to continue")
-    s.add_argument("--max-new-tokens", type=int, default=200, metavar="N")
-    s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
-    s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
-    s.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default: 0.95; 1: off)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    s.set_defaults(func=cmd_generate)
 
+def _export_parser(sub) -> None:
+    "The `minillm export` subcommand's arguments."
     s = sub.add_parser("export", help="export a checkpoint to a Hugging Face directory or a GGUF file")
-    s.add_argument("--ckpt", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (its latest checkpoint), a checkpoint "
+                   "folder, a quantized folder, or a Hugging Face Llama directory")
     s.add_argument("--out", required=True, metavar="PATH", help="the directory (hf) or file (gguf) to write")
     s.add_argument("--format", default="hf", help="hf (default): safetensors + config + tokenizer; gguf: one llama.cpp file")
     s.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the checkpoint's)")
-    s.add_argument("--quant", help="q8_0: 8-bit GGUF weights (gguf only)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--quant", help="q8_0 or q4_0: llama.cpp's 8- or 4-bit GGUF weights (gguf only)")
+    s.add_argument("--force", action="store_true", help="replace an earlier export at --out (nothing else)")
     s.set_defaults(func=cmd_export)
 
+
+def _eval_parser(sub) -> None:
+    "The `minillm eval` subcommand's arguments."
     s = sub.add_parser("eval", help="bits per byte of text files, or lm-evaluation-harness tasks",
                        description="Measure a checkpoint. --data: bits per byte of each file, scored as [BOS] + "
                        "encode(text) in windows of the model's context (--seq-len) every half window, each token after "
@@ -346,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="OUT", help="write the figures as JSON: bpb, nats_per_token, tokens, bytes (and "
                    "each file's) for --data; lm-eval's results for --tasks")
     s.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `minillm` argument parser: one subparser per subcommand, in the order a project uses them."
+    from minillm.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="minillm", description="Build and pretrain a small Llama, the way TinyLlama was built.")
+    p.add_argument("--version", action="version", version=f"minillm {minillm.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("info", help="show a preset's shape, parameter count and FLOPs per token")
+    s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
+    s.set_defaults(func=cmd_info)
+    for add in (_train_parser, _plan_parser, _generate_parser, _export_parser, _eval_parser, _quantize_parser):
+        add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5

@@ -21,6 +21,7 @@ from .config import LlamaConfig
 from .files import check_writable, ordinary_mode
 from .hf import load_hf, save_hf
 from .model import Llama
+from .quantize import is_quantized, load_quantized
 from .rope import half_to_interleaved, interleaved_to_half
 from .tokenizer import (GPT4_SPLIT_PATTERN, BPETokenizer, SentencePieceTokenizer, Tokenizer, bpe_merges,
                                bytes_to_unicode)
@@ -33,7 +34,7 @@ __all__ = ['EXPORT_FORMATS', 'EXPORT_DTYPES', 'GGUF_QUANTS', 'EXPORT_FILES', 'GG
 # %% ../nbs/14_export.ipynb #fdedcde2
 EXPORT_FORMATS = ("hf", "gguf")
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-GGUF_QUANTS = ("q8_0",)
+GGUF_QUANTS = ("q8_0", "q4_0")
 
 
 def _check_export_options(format: str, dtype: str | None, quant: str | None) -> None:
@@ -91,9 +92,15 @@ def _is_hf_dir(path: Path) -> bool:
 
 
 def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
-    """(model, tokenizer, name) from a training checkpoint or run folder, or from a Hugging Face Llama directory.
-    A missing tokenizer is an error: exporting a model without it would hand users ids nobody can read."""
+    """(model, tokenizer, name) from a training checkpoint or run folder, a quantized checkpoint folder (`minillm
+    quantize`: the model runs from its packed weights, and its `state_dict()` is dequantized), or a Hugging Face Llama
+    directory. A missing tokenizer is an error: exporting a model without it would hand users ids nobody can read."""
     path = Path(ckpt).expanduser()
+    if is_quantized(path):
+        model, tok, info = load_quantized(path)
+        if tok is None:
+            raise FileNotFoundError(f"no tokenizer in quantized checkpoint {path}")
+        return model, tok, info.get("name", path.name)
     if _is_hf_dir(path):
         model = load_hf(path)
         try:
@@ -113,9 +120,10 @@ def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
 # %% ../nbs/14_export.ipynb #c99acfdd
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, format: str = "hf", dtype: str | None = None,
            quant: str | None = None, force: bool = False) -> Path:
-    """`minillm export`: the checkpoint `ckpt` (a run or checkpoint folder from `minillm train`, or a Hugging Face Llama
-    directory) and its tokenizer as a Hugging Face directory (`format="hf"`: safetensors, config, tokenizer, ready to
-    push to the Hub) or a single GGUF file (`format="gguf"`, optionally `quant="q8_0"`) for llama.cpp and ollama.
+    """`minillm export`: the checkpoint `ckpt` (a run or checkpoint folder from `minillm train`, a quantized folder from
+    `minillm quantize`, or a Hugging Face Llama directory) and its tokenizer as a Hugging Face directory
+    (`format="hf"`: safetensors, config, tokenizer, ready to push to the Hub; a quantized checkpoint is written
+    dequantized) or a single GGUF file (`format="gguf"`, optionally `quant="q8_0"` or `"q4_0"`) for llama.cpp and ollama.
     `dtype` (float32, float16, bfloat16) defaults to the checkpoint's. An existing `out` is replaced only with
     `force`; nothing is ever half-written (temporary file or directory, then rename)."""
     _check_export_options(format, dtype, quant)
@@ -250,18 +258,20 @@ def add_gguf_tokenizer(writer, tok: Tokenizer, vocab_size: int, pre_tokenizer: s
     writer.add_add_eos_token(False)
 
 # %% ../nbs/14_export.ipynb #0e46ea8e
-_FILE_TYPES = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
+_FILE_TYPES = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
+               "q4_0": "MOSTLY_Q4_0"}
 
 
 def _gguf_tensor(t: torch.Tensor, dtype: str, quant: str | None):
-    "(data, GGML type) of one float32 tensor: vectors in F32; Q8_0 for matrices whose rows hold whole blocks; else `dtype`."
+    """(data, GGML type) of one float32 tensor: vectors in F32; Q8_0 or Q4_0 (`quant`) for matrices whose rows hold
+    whole blocks of 32; else `dtype`."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, quants
 
     a = t.numpy()
     if a.ndim == 1:
         return a, Q.F32
-    if quant == "q8_0" and a.shape[-1] % GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
-        return quants.quantize(a, Q.Q8_0), Q.Q8_0
+    if quant is not None and a.shape[-1] % GGML_QUANT_SIZES[Q[quant.upper()]][0] == 0:
+        return quants.quantize(a, Q[quant.upper()]), Q[quant.upper()]
     if dtype == "float16":
         return a.astype(np.float16), Q.F16
     if dtype == "bfloat16":
@@ -274,7 +284,7 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
               pre_tokenizer: str | None = None) -> Path:
     """Write `model` and its `tokenizer` as one GGUF file that llama.cpp (and ollama, LM Studio, ...) runs as a Llama:
     architecture metadata, the tokenizer (`add_gguf_tokenizer`), the weights (`gguf_state_dict`) in `dtype` (float32,
-    float16, bfloat16) or, with `quant="q8_0"`, Q8_0. Written to a temporary file beside `path`, then renamed; an
+    float16, bfloat16) or, with `quant="q8_0"` or `"q4_0"`, llama.cpp's 8- or 4-bit blocks. Written to a temporary file beside `path`, then renamed; an
     existing `path` is replaced only with `overwrite=True`."""
     import gguf
 

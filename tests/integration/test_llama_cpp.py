@@ -1,5 +1,6 @@
 """llama.cpp itself, through llama-cpp-python, runs the GGUF files `minillm export` writes: the same logits as
-minillm (float32 to 1e-4, Q8_0 within its rounding), the same greedy continuation, the same token ids from text.
+minillm (float32 to 1e-4, Q8_0 within its rounding, Q4_0 closer to minillm's own Q4_0 model than to the float one),
+the same greedy continuation, the same token ids from text.
 
 Deselected by default (the `integration` marker): llama-cpp-python compiles llama.cpp when installed, which takes
 longer than CI allows. To run it:
@@ -24,6 +25,7 @@ from minillm.config import LlamaConfig
 from minillm.export import load_gguf, save_gguf
 from minillm.generate import generate
 from minillm.model import Llama
+from minillm.quantize import load_quantized, quantize_model
 from minillm.tokenizer import Tokenizer, python_stdlib_texts
 
 try:
@@ -116,7 +118,8 @@ def files(cpp, toks, tmp_path_factory):
     for kind, tie in (("bpe", False), ("sp", True)):
         model = sharp_model(tie)
         paths = {"float32": save_gguf(model, d / f"{kind}-f32.gguf", toks[kind]),
-                 "q8_0": save_gguf(model, d / f"{kind}-q8_0.gguf", toks[kind], quant="q8_0")}
+                 "q8_0": save_gguf(model, d / f"{kind}-q8_0.gguf", toks[kind], quant="q8_0"),
+                 "q4_0": save_gguf(model, d / f"{kind}-q4_0.gguf", toks[kind], quant="q4_0")}
         out[kind] = (model, toks[kind], paths)
         SIZES.update({p.name: p.stat().st_size for p in paths.values()})
     return out
@@ -184,6 +187,31 @@ def test_q8_0_logits_and_greedy_text(files, kind):
         for reference in (dequantized, model):
             same = assert_same_greedy_up_to_near_ties(cpp_greedy(llm, prompt, 40), reference, prompt, 2 * diff)
             WORST[f"llama.cpp Q8_0 greedy tokens before a near tie ({kind}{'' if reference is model else ', 8-bit'})"] = (same, 40)
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sp"])
+def test_q4_0_matches_minillms_own_q4_0_model(files, kind):
+    """llama.cpp on the Q4_0 file against minillm's own Q4_0 model (`quantize_model(..., scheme="q4_0")`, the same
+    blocks to the bit): llama.cpp still rounds the activations to 8 bits in its Q4_0 dot products, so the logits
+    differ by that alone, far less than from the float model."""
+    model, tok, paths = files[kind]
+    llm = load(paths["q4_0"])
+    try:
+        ids = tok.encode(CODE, bos=True)
+        ours_q4 = quantize_model(model, 4, 32, "q4_0")
+        with torch.no_grad():
+            ours, mine = model(torch.tensor([ids]))[0], ours_q4(torch.tensor([ids]))[0]
+        theirs = cpp_logits(llm, ids)
+        diff, diff_q4 = (theirs - ours).abs().max().item(), (theirs - mine).abs().max().item()
+        scale = ours.abs().max().item()
+        WORST[f"llama.cpp Q4_0 vs minillm float ({kind})"] = (diff, scale)
+        WORST[f"llama.cpp Q4_0 vs minillm's own Q4_0 model ({kind})"] = (diff_q4, scale)
+        assert diff_q4 <= 0.05 * scale and diff_q4 < 0.5 * diff
+        prompt = tok.encode("def main():", bos=True)
+        same = assert_same_greedy_up_to_near_ties(cpp_greedy(llm, prompt, 40), ours_q4, prompt, 2 * diff_q4)
+        WORST[f"llama.cpp Q4_0 greedy tokens before a near tie ({kind}, minillm Q4_0)"] = (same, 40)
     finally:
         llm.close()
 
@@ -263,6 +291,31 @@ def trained(cpp, tmp_path_factory):
     train_run(LlamaConfig.from_name("toy"), tcfg, progress=False, verbose=False)
     model, tok, _ = load_model(run, device="cpu")
     return run, model, tok
+
+
+def test_quantized_checkpoint_and_its_q4_0_export(trained, tmp_path):
+    "`minillm quantize --scheme q4_0` then `minillm export --quant q4_0`: llama.cpp runs what minillm's Q4_0 model runs."
+    from minillm.cli import main
+
+    run, model, tok = trained
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["quantize", "--ckpt", str(run), "--out", str(tmp_path / "q4_0"), "--bits", "4", "--scheme", "q4_0",
+                     "--group-size", "32"]) == 0
+        assert main(["export", "--ckpt", str(tmp_path / "q4_0"), "--out", str(tmp_path / "q.gguf"), "--format", "gguf",
+                     "--quant", "q4_0"]) == 0
+    ours, _, _ = load_quantized(tmp_path / "q4_0")
+    llm = load(tmp_path / "q.gguf")
+    try:
+        ids = tok.encode(CODE, bos=True)
+        with torch.no_grad():
+            mine, full = ours(torch.tensor([ids]))[0], model(torch.tensor([ids]))[0]
+        theirs = cpp_logits(llm, ids)
+        diff_q4, diff = (theirs - mine).abs().max().item(), (theirs - full).abs().max().item()
+        WORST["llama.cpp Q4_0 vs minillm Q4_0 (trained toy checkpoint)"] = (diff_q4, full.abs().max().item())
+        SIZES["toy-q4_0.gguf"] = (tmp_path / "q.gguf").stat().st_size
+        assert diff_q4 <= 0.05 * full.abs().max().item() and diff_q4 < diff
+    finally:
+        llm.close()
 
 
 @pytest.mark.parametrize("quant", [None, "q8_0"])
