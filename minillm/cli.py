@@ -62,7 +62,7 @@ EXIT_STOPPED = 75  # SIGTERM stopped the run before its end (EX_TEMPFAIL): resum
 def _check_train_args(args, tcfg) -> None:
     "What the environment must allow before any work starts, each refused in one line."
     from minillm.files import check_writable
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a number of CPU threads >= 1")
@@ -73,7 +73,7 @@ def _check_train_args(args, tcfg) -> None:
 
 def _latest(out_dir) -> str:
     "Where a stopped run can be continued from, in words."
-    from minillm.train import find_checkpoint
+    from minillm.checkpoint import find_checkpoint
 
     try:
         return f"the latest checkpoint, {find_checkpoint(out_dir)}, is intact; --resume continues from it"
@@ -89,7 +89,8 @@ def cmd_train(args) -> int:
     import torch
 
     from minillm.config import LlamaConfig
-    from minillm.train import TrainConfig, train_run
+    from minillm.config import TrainConfig
+    from minillm.train import train_run
 
     cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
@@ -154,7 +155,7 @@ def cmd_plan(args) -> int:
     "Size a pretraining run before renting GPUs: memory per GPU, whether it fits, throughput at an MFU, days."
     from minillm.config import LlamaConfig
     from minillm.pretrain import format_plan, plan_run
-    from minillm.train import TrainConfig
+    from minillm.config import TrainConfig
 
     cfg = LlamaConfig.from_name(args.preset)
     tcfg = TrainConfig.from_preset(args.preset)
@@ -168,7 +169,7 @@ def cmd_generate(args) -> int:
     reports its acceptance rate and speed on standard error."""
     from minillm.export import load_for_export
     from minillm.generate import complete
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     device = resolve_device(args.device)
     model, tok, _ = load_for_export(args.ckpt)
@@ -229,7 +230,7 @@ def cmd_eval(args) -> int:
     import json
     from pathlib import Path
 
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     if bool(args.data) == bool(args.tasks):
         raise ValueError("give either --data FILE ... (bits per byte) or --tasks NAMES (lm-evaluation-harness tasks)")
@@ -278,7 +279,7 @@ def _calibration(args, tok, max_seq_len: int):
     from pathlib import Path
 
     from minillm.quantize import calibration_windows
-    from minillm.train import Checkpoint
+    from minillm.checkpoint import Checkpoint
 
     specs, cache = args.calibration_data, None
     if specs is None:

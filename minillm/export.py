@@ -109,7 +109,7 @@ def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
             raise FileNotFoundError(f"no tokenizer in {path}: an export needs the model's tokenizer "
                                     f"(tokenizer.model, tokenizer.json or tokenizer.bpe.json)") from None
         return model, tok, path.name
-    from minillm.train import load_model
+    from minillm.checkpoint import load_model
 
     model, tok, found = load_model(path, device="cpu")
     if tok is None:

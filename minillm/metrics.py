@@ -14,7 +14,7 @@ import numpy as np
 from .files import write_atomic
 
 # %% auto #0
-__all__ = ['METRICS_COLUMNS', 'MetricsLog', 'plot_metrics', 'Trackers']
+__all__ = ['METRICS_COLUMNS', 'MetricsLog', 'plot_metrics', 'Trackers', 'RunLog']
 
 # %% ../nbs/09b_metrics.ipynb #015e3d0e
 METRICS_COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu",
@@ -124,3 +124,63 @@ class Trackers:
             self.tb.close()
         if self.run is not None:
             self.run.finish()
+
+# %% ../nbs/09b_metrics.ipynb #b4c6d8e0
+class RunLog:
+    """What a run tells its user, from the main process only: lines printed above the progress bar (`say`), the bar
+    itself (`advance`), rows of metrics.csv also sent to the trackers (`row`), and the throughput of the steps since
+    the last row (`window`, `tokens_per_s`). Other processes get one that says and writes nothing."""
+
+    def __init__(self, run_dir: Path, cfg, tcfg, step: int = 0, total: int | None = None, resumed: bool = False,
+                 progress: bool = True, verbose: bool = True, main: bool = True):
+        self.metrics = self.trackers = self.bar = None
+        self.verbose, self.progress = verbose and main, progress
+        self.tokens, self.seconds = 0, 0.0
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if resumed else None)
+            self.trackers = Trackers(tcfg, run_dir, dict(model=cfg.to_dict(), train=tcfg.to_dict()))
+            from tqdm import tqdm  # a console bar (tqdm.auto would want notebook widgets)
+
+            self.bar = tqdm(total=total, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+
+    def say(self, msg: str) -> None:
+        "Print a line (above the progress bar when there is one)."
+        if not self.verbose:
+            return
+        if self.bar is not None and self.progress:
+            self.bar.write(msg)
+        else:
+            print(msg)
+
+    def row(self, **values) -> None:
+        "A row of metrics.csv (missing columns empty), and its numbers to the trackers."
+        if self.metrics is None:
+            return
+        self.metrics.write(**values)
+        self.trackers.log(values["step"], {k: float(v) for k, v in values.items() if v not in ("", None)})
+
+    def window(self, tokens: int, seconds: float) -> None:
+        "Count a step's tokens and seconds toward the next row's throughput."
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+
+    def tokens_per_s(self) -> float:
+        "Throughput since the last call (all processes' tokens, this process's seconds), then start a new window."
+        rate = self.tokens / max(self.seconds, 1e-9)
+        self.tokens, self.seconds = 0, 0.0
+        return rate
+
+    def advance(self, total: int, **postfix) -> None:
+        "One more step on the bar, whose total follows the schedule (a time limit may shorten it)."
+        if self.bar is None:
+            return
+        if self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+        self.bar.update(1)
+        self.bar.set_postfix(refresh=False, **postfix)
+
+    def close(self) -> None:
+        for part in (self.bar, self.metrics, self.trackers):
+            if part is not None:
+                part.close()
