@@ -49,7 +49,8 @@ def tinyllama_sizes() -> dict:
 def val_bpb_fn(ckpt: str):
     "A scorer of the run's own validation split (held out by source unit, never trained on), as the trainer scores it."
     from minillm.data import EvalSet, Loader
-    from minillm.train import Checkpoint, evaluate, prepare_data
+    from minillm.checkpoint import Checkpoint
+    from minillm.train import evaluate, prepare_data
 
     found = Checkpoint(ckpt)
     run = found.path.parent.parent
@@ -62,7 +63,7 @@ def main():
     from minillm.cli import main as cli
     from minillm.evaluate import text_bpb
     from minillm.export import load_for_export
-    from minillm.train import find_checkpoint
+    from minillm.checkpoint import find_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)

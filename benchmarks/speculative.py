@@ -29,7 +29,8 @@ PROMPTS = ["def ", "import os\n", "class ", "    def __init__(self", "# ", "for 
 def train_pair(out: Path, tokenizer: str, steps: int, target: str | None = None):
     "The target (unless given) and the draft, trained once on the toy preset's data; reused when their runs exist."
     from minillm.config import LlamaConfig
-    from minillm.train import TrainConfig, train_run
+    from minillm.config import TrainConfig
+    from minillm.train import train_run
 
     shapes = {"target": dict(dim=128, n_layers=12, n_heads=4, n_kv_heads=2, ffn_dim=352),
               "draft": dict(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=176, tie_embeddings=True)}
@@ -100,7 +101,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    from minillm.train import find_checkpoint, load_model
+    from minillm.checkpoint import find_checkpoint, load_model
 
     if (args.target is None) == (args.tokenizer is None):
         ap.error("give --target RUN or --tokenizer TOK")

@@ -848,7 +848,7 @@ def accum_steps(fn):
     ValueError when the global batch cannot be split evenly over the processes, against `minillm.pretrain.plan_run`."""
     from minillm.config import LlamaConfig
     from minillm.pretrain import plan_run
-    from minillm.train import TrainConfig
+    from minillm.config import TrainConfig
 
     def ref(G, m, W):
         return plan_run(LlamaConfig.from_name("debug"), TrainConfig(global_batch=G, micro_batch=m), W)["accum"]

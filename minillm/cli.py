@@ -62,7 +62,7 @@ EXIT_STOPPED = 75  # SIGTERM stopped the run before its end (EX_TEMPFAIL): resum
 def _check_train_args(args, tcfg) -> None:
     "What the environment must allow before any work starts, each refused in one line."
     from minillm.files import check_writable
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a number of CPU threads >= 1")
@@ -73,7 +73,7 @@ def _check_train_args(args, tcfg) -> None:
 
 def _latest(out_dir) -> str:
     "Where a stopped run can be continued from, in words."
-    from minillm.train import find_checkpoint
+    from minillm.checkpoint import find_checkpoint
 
     try:
         return f"the latest checkpoint, {find_checkpoint(out_dir)}, is intact; --resume continues from it"
@@ -89,7 +89,8 @@ def cmd_train(args) -> int:
     import torch
 
     from minillm.config import LlamaConfig
-    from minillm.train import TrainConfig, train_run
+    from minillm.config import TrainConfig
+    from minillm.train import train_run
 
     cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
@@ -110,7 +111,10 @@ def cmd_train(args) -> int:
         destroy_distributed(env, wait=False)
         print(f"\nminillm train: interrupted ({_latest(tcfg.out_dir)})", file=sys.stderr)
         return 130
-    except OSError as e:  # the file system, mid-run: a full disk, a folder that vanished
+    except FileNotFoundError:  # a missing input: bad input, reported by main
+        destroy_distributed(env, wait=False)
+        raise
+    except OSError as e:  # the file system, mid-run: a full disk, a folder that became unwritable
         destroy_distributed(env, wait=False)
         print(f"minillm train: error: {e.strerror or e} ({e.filename or tcfg.out_dir}); {_latest(tcfg.out_dir)}",
               file=sys.stderr)
@@ -151,7 +155,7 @@ def cmd_plan(args) -> int:
     "Size a pretraining run before renting GPUs: memory per GPU, whether it fits, throughput at an MFU, days."
     from minillm.config import LlamaConfig
     from minillm.pretrain import format_plan, plan_run
-    from minillm.train import TrainConfig
+    from minillm.config import TrainConfig
 
     cfg = LlamaConfig.from_name(args.preset)
     tcfg = TrainConfig.from_preset(args.preset)
@@ -166,7 +170,7 @@ def cmd_generate(args) -> int:
     reply is printed."""
     from minillm.export import load_for_export
     from minillm.generate import complete
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     device = resolve_device(args.device)
     if args.chat and args.draft is not None:
@@ -236,7 +240,7 @@ def cmd_eval(args) -> int:
     import json
     from pathlib import Path
 
-    from minillm.train import resolve_device
+    from minillm.distributed import resolve_device
 
     if bool(args.data) == bool(args.tasks):
         raise ValueError("give either --data FILE ... (bits per byte) or --tasks NAMES (lm-evaluation-harness tasks)")
@@ -285,7 +289,7 @@ def _calibration(args, tok, max_seq_len: int):
     from pathlib import Path
 
     from minillm.quantize import calibration_windows
-    from minillm.train import Checkpoint
+    from minillm.checkpoint import Checkpoint
 
     specs, cache = args.calibration_data, None
     if specs is None:
@@ -428,22 +432,14 @@ def _finetune_parser(sub) -> None:
     s.set_defaults(func=cmd_finetune)
 
 # %% ../nbs/90_cli.ipynb #f4a27d5f
-def build_parser() -> argparse.ArgumentParser:
-    "The `minillm` argument parser: one subparser per subcommand."
-    from minillm.config import KERNELS, PRESETS
-    from minillm.pretrain import GPUS
-
-    p = argparse.ArgumentParser(prog="minillm", description="Build and pretrain a small Llama, the way TinyLlama was built.")
-    p.add_argument("--version", action="version", version=f"minillm {minillm.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    s = sub.add_parser("info", help="show a preset's shape, parameter count and FLOPs per token")
-    s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
-    s.set_defaults(func=cmd_info)
+def _train_parser(sub) -> None:
+    "The `minillm train` subcommand's arguments; the choices come from the config module, where recipes live."
+    from minillm.config import AC_MODES, DTYPES, KERNELS, PARALLEL, PRESETS
 
     s = sub.add_parser("train", help="train a model (default: the toy preset on the built-in corpus, a few CPU minutes)",
                        description="Train a Llama. With no arguments: the toy preset on the built-in corpus in under "
-                                   "five minutes on a laptop CPU, then the validation bits per byte and a sample.")
+                                   "five minutes on a laptop CPU, then the validation bits per byte and a sample. Exit "
+                                   "status 75: SIGTERM stopped the run before its end (continue with --resume).")
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model and recipe preset (default: toy)")
     s.add_argument("--data", nargs="+", metavar="PATH", help="text to train on: files or folders (.txt, .jsonl, "
                    ".parquet), 'builtin', hf:NAME or a mixture; SPEC@WEIGHT mixes (default: the preset's)")
@@ -468,15 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
     s.add_argument("--prompt", help="prompt of the closing sample")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on CUDA, float32 elsewhere")
+    s.add_argument("--dtype", choices=DTYPES, help="auto: bf16 autocast on CUDA, float32 elsewhere")
     s.add_argument("--compile", choices=["on", "off"], help="torch.compile the model (default: on CUDA only)")
-    s.add_argument("--kernels", choices=list(KERNELS), help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
+    s.add_argument("--kernels", choices=KERNELS, help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
                    "the run prints what each seam got")
     s.add_argument("--seed", type=int)
-    s.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"],
-                   help="with several processes (torchrun): fsdp (default) shards, ddp replicates")
-    s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing",
-                   choices=["none", "selective", "full"], help="recompute activations in the backward pass (default: none)")
+    s.add_argument("--parallel", choices=PARALLEL, help="with several processes (torchrun): fsdp (default) shards, "
+                   "ddp replicates")
+    s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing", choices=AC_MODES,
+                   help="recompute activations in the backward pass (default: none)")
     s.add_argument("--peak-tflops", type=float, metavar="TFLOPS", help="peak bf16 TFLOP/s of one GPU, for MFU "
                    "(default: from the GPU's name)")
     s.add_argument("--threads", type=int, metavar="N", help="CPU threads for PyTorch (default: all cores)")
@@ -484,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
+
+
+def _plan_parser(sub) -> None:
+    "The `minillm plan` subcommand's arguments."
+    from minillm.config import PRESETS
+    from minillm.pretrain import GPUS
 
     s = sub.add_parser("plan", help="size a pretraining run: memory per GPU, fit, throughput and days",
                        description="What a preset's recipe needs on N GPUs of a kind, before renting them.")
@@ -498,18 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused Triton kernels (default) or eager PyTorch, for the activation memory")
     s.set_defaults(func=cmd_plan)
 
-    _generate_parser(sub)
 
+def _export_parser(sub) -> None:
+    "The `minillm export` subcommand's arguments."
     s = sub.add_parser("export", help="export a checkpoint to a Hugging Face directory or a GGUF file")
-    s.add_argument("--ckpt", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint), a checkpoint folder, or a Hugging Face Llama directory")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder (its latest checkpoint), a checkpoint "
+                   "folder, a quantized folder, or a Hugging Face Llama directory")
     s.add_argument("--out", required=True, metavar="PATH", help="the directory (hf) or file (gguf) to write")
     s.add_argument("--format", default="hf", help="hf (default): safetensors + config + tokenizer; gguf: one llama.cpp file")
     s.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the checkpoint's)")
     s.add_argument("--quant", help="q8_0 or q4_0: llama.cpp's 8- or 4-bit GGUF weights (gguf only)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--force", action="store_true", help="replace an earlier export at --out (nothing else)")
     s.set_defaults(func=cmd_export)
 
+
+def _eval_parser(sub) -> None:
+    "The `minillm eval` subcommand's arguments."
     s = sub.add_parser("eval", help="bits per byte of text files, or lm-evaluation-harness tasks",
                        description="Measure a checkpoint. --data: bits per byte of each file, scored as [BOS] + "
                        "encode(text) in windows of the model's context (--seq-len) every half window, each token after "
@@ -528,8 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="OUT", help="write the figures as JSON: bpb, nats_per_token, tokens, bytes (and "
                    "each file's) for --data; lm-eval's results for --tasks")
     s.set_defaults(func=cmd_eval)
-    _quantize_parser(sub)
-    _finetune_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `minillm` argument parser: one subparser per subcommand, in the order a project uses them."
+    from minillm.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="minillm", description="Build and pretrain a small Llama, the way TinyLlama was built.")
+    p.add_argument("--version", action="version", version=f"minillm {minillm.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("info", help="show a preset's shape, parameter count and FLOPs per token")
+    s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
+    s.set_defaults(func=cmd_info)
+    for add in (_train_parser, _plan_parser, _generate_parser, _export_parser, _eval_parser, _quantize_parser,
+                _finetune_parser):
+        add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5

@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 # %% auto #0
-__all__ = ['PRESETS', 'KERNELS', 'LlamaConfig']
+__all__ = ['PRESETS', 'KERNELS', 'TRAIN_PRESETS', 'DTYPES', 'PARALLEL', 'AC_MODES', 'LlamaConfig', 'TrainConfig']
 
 # %% ../nbs/00_config.ipynb #53d9877b
 PRESETS: dict[str, dict] = {
@@ -132,3 +136,135 @@ class LlamaConfig:
         c = self.param_counts()
         n_matmul = c["attention"] + c["mlp"] + c["norms"] + self.vocab_size * self.dim
         return 6 * n_matmul + 12 * self.n_layers * self.dim * T
+
+# %% ../nbs/00_config.ipynb #250ac578
+TRAIN_PRESETS: dict[str, dict] = {
+    # a few CPU minutes on the built-in corpus: `minillm train` with no arguments
+    "toy": dict(out_dir="runs/toy", data=("builtin?max_bytes=6000000",), tokenizer_bytes=3_000_000,
+                lr=4e-3, min_lr=4e-4, warmup=60, max_steps=3000, global_batch=16, micro_batch=16,
+                eval_every=200, eval_batches=24, save_every=1000, time_limit=270.0, sample_prompt="def "),
+    # seconds: tests and debugging
+    "debug": dict(out_dir="runs/debug", data=("builtin?max_bytes=300000",), tokenizer_bytes=300_000,
+                  lr=3e-3, min_lr=3e-4, warmup=5, max_steps=50, global_batch=8, micro_batch=8, seq_len=64,
+                  eval_every=25, eval_batches=4, save_every=25, sample_tokens=40),
+    # llama2.c's TinyStories recipe, for a GPU
+    "tinystories-15m": dict(out_dir="runs/tinystories-15m", data=("hf:roneneldan/TinyStories",), lr=5e-4,
+                            min_lr=5e-5, warmup=1000, max_steps=100_000, global_batch=128, micro_batch=64,
+                            eval_every=2000, eval_batches=50, save_every=2000),
+    # TinyLlama-1.1B: 2M tokens per step (1024 × 2048), 3T tokens ≈ 1.43M steps, its own SentencePiece tokenizer
+    "tinyllama-1.1b": dict(out_dir="runs/tinyllama-1.1b", data=("tinyllama",), lr=4e-4, min_lr=4e-5, warmup=2000,
+                           max_steps=1_430_000, global_batch=1024, micro_batch=8, weight_decay=0.1,
+                           betas=(0.9, 0.95), grad_clip=1.0, eval_every=5000, eval_batches=100, save_every=5000),
+}
+
+# the choices a recipe (and the command line) offers
+DTYPES = ("auto", "float32", "bfloat16")
+PARALLEL = ("auto", "none", "ddp", "fsdp")  # auto: FSDP2 with several processes (chapter 12)
+AC_MODES = ("none", "selective", "full")  # activation checkpointing (chapter 12)
+
+# %% ../nbs/00_config.ipynb #227cd640
+def _check(ok: bool, message: str) -> None:
+    "Raise ValueError(message) unless ok."
+    if not ok:
+        raise ValueError(message)
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+# %% ../nbs/00_config.ipynb #16e2ce92
+@dataclass
+class TrainConfig:
+    "How to train: data, optimizer, schedule, batch shape, evaluation, checkpoints, time and device. See `TRAIN_PRESETS`."
+    out_dir: str = "runs/run"  # run folder: checkpoints/, metrics.csv, loss.png, data/ (token and tokenizer cache)
+    data: tuple = ("builtin",)  # data sources (`minillm.data.parse_data` values: builtin, a path, hf:NAME, a mixture)
+    val_data: tuple = ()  # held-out text to evaluate on (same forms as `data`); empty: the val split of `data`
+    tokenizer: str | None = None  # a saved tokenizer; None: train a BPE tokenizer of the model's vocab_size on the data
+    tokenizer_bytes: int = 4_000_000  # how much text that tokenizer is trained on
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # floor of the cosine decay
+    warmup: int = 100  # steps of linear warmup
+    max_steps: int = 2000  # optimizer steps (the cosine reaches min_lr here)
+    global_batch: int = 32  # sequences per optimizer step, all processes together
+    micro_batch: int = 16  # at most this many sequences per forward/backward on one process (fitted to the world size)
+    seq_len: int | None = None  # tokens per sequence; None: the model's max_seq_len
+    weight_decay: float = 0.1  # decoupled (AdamW), on matmul weights only
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0: no clipping
+    eval_every: int = 250  # steps between evaluations (and at step 0 and the end); 0: only at the end
+    eval_batches: int = 20  # micro-batches of validation windows per evaluation
+    save_every: int = 1000  # steps between checkpoints (and at the end); 0: only at the end
+    log_every: int = 10  # steps between rows of metrics.csv
+    seed: int = 0  # model init and data order
+    time_limit: float | None = None  # seconds for the whole run, from `start_time`; stops in time to evaluate and save
+    device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, float32 elsewhere), "float32", "bfloat16"
+    parallel: str = "auto"  # "auto" (FSDP2 with more than one process), "fsdp", "ddp" or "none": see 12_distributed
+    activation_checkpointing: str = "none"  # "none", "selective" (recompute elementwise ops) or "full" (whole blocks)
+    peak_tflops: float | None = None  # peak bf16 TFLOP/s of one GPU for the MFU column (None: from the GPU's name)
+    compile: bool | None = None  # torch.compile the model; None: on CUDA only (on a CPU it costs more than it saves)
+    sample_tokens: int = 200  # tokens sampled at the end of the run (0: none)
+    sample_prompt: str = ""
+    tensorboard: bool = False  # log to out_dir/tensorboard (needs the tensorboard package)
+    wandb: bool = False  # log to Weights & Biases (needs the wandb package and a login)
+    wandb_project: str = "minillm"
+
+    def __post_init__(self):
+        if isinstance(self.data, str):
+            self.data = (self.data,)
+        self.data = tuple(self.data)
+        self.val_data = (self.val_data,) if isinstance(self.val_data, str) else tuple(self.val_data)
+        self.betas = tuple(self.betas)
+        _check(len(self.data) > 0 and all(isinstance(d, str) and d.strip() for d in self.data),
+               f"data={self.data!r}: give at least one data source (a path, 'builtin', 'hf:NAME' or a mixture)")
+        for f in ("warmup", "max_steps", "global_batch", "micro_batch", "eval_every", "eval_batches", "save_every",
+                  "log_every", "seed", "sample_tokens", "tokenizer_bytes"):
+            v = getattr(self, f)
+            low = 1 if f in ("max_steps", "global_batch", "micro_batch", "eval_batches", "log_every", "tokenizer_bytes") else 0
+            _check(_is_int(v) and v >= low, f"{f}={v!r} must be an integer >= {low}")
+        _check(_is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
+        _check(_is_num(self.min_lr) and 0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr!r} must be in [0, lr={self.lr}]")
+        _check(self.seq_len is None or (_is_int(self.seq_len) and self.seq_len >= 1),
+               f"seq_len={self.seq_len!r} must be a positive integer (or None for the model's max_seq_len)")
+        _check(_is_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay={self.weight_decay!r} must be >= 0")
+        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas),
+               f"betas={self.betas!r} must be two numbers in [0, 1)")
+        _check(_is_num(self.eps) and self.eps > 0, f"eps={self.eps!r} must be a positive number")
+        _check(_is_num(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip!r} must be >= 0 (0: off)")
+        _check(self.time_limit is None or (_is_num(self.time_limit) and self.time_limit > 0),
+               f"time_limit={self.time_limit!r} must be a positive number of seconds (or None)")
+        _check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        _check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+               f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        _check(self.compile in (None, True, False), f"compile={self.compile!r} must be True, False or None (auto)")
+        _check(self.parallel in PARALLEL, f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL)}")
+        _check(self.activation_checkpointing in AC_MODES,
+               f"activation_checkpointing={self.activation_checkpointing!r} is not one of {', '.join(AC_MODES)}")
+        _check(self.peak_tflops is None or (_is_num(self.peak_tflops) and self.peak_tflops > 0),
+               f"peak_tflops={self.peak_tflops!r} must be a positive number (or None)")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TrainConfig:
+        "The training recipe of preset `name` (see `TRAIN_PRESETS`), with any field replaced by `overrides`."
+        if name not in TRAIN_PRESETS:
+            raise ValueError(f"no training recipe for preset '{name}'{_closest(name, list(TRAIN_PRESETS))}; "
+                             f"recipes: {', '.join(TRAIN_PRESETS)}")
+        return cls.from_dict({**TRAIN_PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        "Build from a plain dict (as saved in checkpoints), rejecting unknown keys."
+        valid = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in valid:
+                raise ValueError(f"unknown TrainConfig field '{k}'{_closest(k, valid)}; valid fields: {', '.join(valid)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        "Plain dict of every field (JSON-serializable)."
+        d = asdict(self)
+        d["data"], d["val_data"], d["betas"] = list(self.data), list(self.val_data), list(self.betas)
+        return d

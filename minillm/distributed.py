@@ -7,38 +7,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib
-import json
 import os
-import pickle
-import shutil
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .config import LlamaConfig
-from .model import Llama, lm_loss
+from .config import AC_MODES, PARALLEL
+from .model import lm_loss
 
 # %% auto #0
-__all__ = ['AC_MODES', 'PARALLEL', 'PRECISIONS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'DistEnv', 'process_group_backend',
-           'init_distributed', 'current_env', 'barrier', 'destroy_distributed', 'agree', 'free_port', 'spawn',
+__all__ = ['PRECISIONS', 'DistEnv', 'process_group_backend', 'init_distributed', 'current_env', 'resolve_device', 'barrier',
+           'destroy_distributed', 'agree', 'dist_info', 'global_sum', 'global_mean', 'free_port', 'spawn',
            'InitRecorder', 'unwrap', 'apply_activation_checkpointing', 'activation_memory', 'resolve_parallel',
-           'resolve_precision', 'shard_fsdp', 'build_model', 'autocast', 'grad_sync', 'clip_grad_norm', 'train_worker',
-           'is_sharded_checkpoint', 'save_sharded', 'load_sharded', 'load_full', 'save_checkpoint_sharded',
-           'load_checkpoint', 'Preemption']
+           'resolve_precision', 'shard_fsdp', 'parallelize', 'replicate', 'grad_sync', 'clip_grad_norm', 'Preemption']
 
 # %% ../nbs/12_distributed.ipynb #165e0b7d
 @dataclass(frozen=True)
@@ -108,6 +102,20 @@ def current_env(device: str | torch.device | None = None) -> DistEnv:
         device = torch.device("cuda", torch.cuda.current_device())
     return DistEnv(rank, world, _env_int("LOCAL_RANK", 0), device)
 
+def resolve_device(device: str = "auto") -> torch.device:
+    "`auto` → CUDA when available, else the CPU; other names are checked against what this machine has."
+    if not isinstance(device, (str, torch.device)) or (isinstance(device, str) and not re.fullmatch(
+            r"auto|cpu|mps|cuda(:\d+)?", device)):
+        raise ValueError(f"device={device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but this PyTorch sees no CUDA GPU; use device='cpu'")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'")
+    return d
+
 # %% ../nbs/12_distributed.ipynb #5abb4624
 def barrier(env: DistEnv | None = None, timeout_s: float | None = None) -> None:
     """Wait for every process (nothing to wait for in a single process). `timeout_s` allows a longer wait than the
@@ -141,6 +149,23 @@ def agree(values: list[float], op: str = "max", device: torch.device | str | Non
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
     return t.tolist()
+
+def dist_info() -> tuple[int, int]:
+    "(rank, world_size) from torch.distributed when it is initialized, else (0, 1)."
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    "Sum of `value` over all processes (the value itself on one process)."
+    if dist_info()[1] > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+def global_mean(value: torch.Tensor) -> torch.Tensor:
+    "Mean of `value` over all processes: what every logged metric is."
+    return global_sum(value) / dist_info()[1]
 
 # %% ../nbs/12_distributed.ipynb #3ca86576
 def free_port() -> int:
@@ -284,12 +309,17 @@ def _shard_like(full: torch.Tensor, like) -> torch.Tensor:
 
 # %% ../nbs/12_distributed.ipynb #82cda1f5
 def unwrap(model: nn.Module) -> nn.Module:
-    "The `Llama` inside a DDP wrapper (FSDP2 and per-block torch.compile keep the model itself)."
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The model inside the wrappers that hide it: DDP's `.module`, a whole-model torch.compile's `._orig_mod`
+    (FSDP2 and per-block compilation keep the model itself). The one whose weights are saved."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
 
 # %% ../nbs/12_distributed.ipynb #92f0d6e1
-AC_MODES = ("none", "selective", "full")
-
 def _selective_policy(ctx, op, *args, **kwargs):
     "Keep what matmuls and attention produce (expensive to redo); recompute the cheap elementwise ops."
     from torch.utils.checkpoint import CheckpointPolicy
@@ -362,7 +392,6 @@ def activation_memory(model: nn.Module, tokens: torch.Tensor, targets: torch.Ten
     return total
 
 # %% ../nbs/12_distributed.ipynb #5fd292a4
-PARALLEL = ("auto", "none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_parallel(parallel: str, env: DistEnv) -> str:
@@ -403,47 +432,28 @@ def shard_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Mo
     return model
 
 # %% ../nbs/12_distributed.ipynb #89681c23
-def build_model(cfg: LlamaConfig, env: DistEnv | None = None, parallel: str = "auto", ac: str = "none",
-                precision: str = "auto", seed: int = 0, compile: bool = False,
-                prepare: Callable[[nn.Module], Any] | None = None) -> nn.Module:
-    """A `Llama(cfg)` ready to train on `env`'s device: built on the meta device (no memory), prepared
-    (`prepare(model)`, e.g. kernels), checkpointed (`ac`), compiled per block, sharded (`parallel='fsdp'`), given
-    memory and initialized: exactly the weights (and generator state) of `torch.manual_seed(seed); Llama(cfg)` on
-    one device, whatever the number of processes. Wrapped in DDP for 'ddp'."""
-    env = env or current_env()
+def parallelize(model: nn.Module, env: DistEnv, parallel: str = "auto", ac: str = "none", precision: str = "auto",
+                compile: bool = False) -> str:
+    """torchtitan's parallelize step, in its order, on a model still on the meta device (its kernels installed):
+    activation checkpointing (`ac`), torch.compile of each block (one graph serves them all) and of the eager loss,
+    then FSDP2 sharding. Returns the parallelism resolved for `env`: 'none', 'fsdp', or 'ddp' (DDP wraps a model that
+    has memory: `replicate`)."""
     parallel, precision = resolve_parallel(parallel, env), resolve_precision(precision, env)
-    if ac not in AC_MODES:
-        raise ValueError(f"activation checkpointing {ac!r} is not one of {', '.join(AC_MODES)}")
-    torch.manual_seed(seed)
-    with torch.device("meta"), InitRecorder(env.device) as init:
-        model = Llama(cfg)
-    init.record(model)
-    if prepare is not None:
-        prepare(model)
     apply_activation_checkpointing(model, ac)
-    if compile:  # one graph serves every block; the loss too, unless a kernel replaced it
+    if compile:
         for block in model.layers:
             block.compile()
-        if model.loss_fn is lm_loss:
+        if model.loss_fn is lm_loss:  # a fused loss kernel is called as it is
             model.loss_fn = torch.compile(lm_loss)
     if parallel == "fsdp":
         shard_fsdp(model, env, precision)
-    model.to_empty(device=env.device)
-    init.replay(model)
-    if parallel == "ddp":
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
-    return model
+    return parallel
 
-# %% ../nbs/12_distributed.ipynb #8a3a0c2a
-def autocast(model: nn.Module, precision: str, env: DistEnv):
-    """The forward pass's precision context: bf16 autocast on a GPU unless FSDP2 already computes in bf16
-    (its MixedPrecisionPolicy), and nothing at all in float32."""
-    from torch.distributed.fsdp import FSDPModule
 
-    if resolve_precision(precision, env) == "bf16" and not isinstance(model, FSDPModule):
-        return torch.autocast(env.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def replicate(model: nn.Module, env: DistEnv) -> nn.Module:
+    "DDP around a model that has its memory: every process holds all of it, gradients are averaged in buckets."
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 # %% ../nbs/12_distributed.ipynb #97050afc
 @contextlib.contextmanager
@@ -472,247 +482,6 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
-
-# %% ../nbs/12_distributed.ipynb #328827a3
-def train_worker(preset: str = "debug", overrides: dict | None = None, resume: bool = False,
-                 stop_at: int | None = None, checkpoint_weights: bool = False) -> dict | None:
-    """`minillm train`'s job in this process, as one of the processes torchrun or `spawn` started (or alone): the
-    preset's recipe with `overrides` (TrainConfig fields), optionally resumed or stopped after `stop_at`. Rank 0
-    returns the losses it logged by step and, with `checkpoint_weights`, the full weights of the last checkpoint
-    as loaded into a freshly built model laid out like this run's; other ranks return None."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from minillm.train import Checkpoint, MetricsLog, TrainConfig, build_model as build_for_training, train_run
-
-    cfg, tcfg = LlamaConfig.from_name(preset), TrainConfig.from_preset(preset, **(overrides or {}))
-    env = init_distributed(None if tcfg.device == "auto" else tcfg.device)
-    try:
-        res = train_run(cfg, tcfg, resume=resume, progress=False, verbose=False, stop_at=stop_at)
-        weights = None
-        if checkpoint_weights:
-            model = build_for_training(cfg, tcfg, env.device)
-            Checkpoint(tcfg.out_dir).load_model(model, env.device)
-            sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-            weights = {k: v.detach().cpu().clone() for k, v in sd.items()}
-    except BaseException:
-        destroy_distributed(env, wait=False)
-        raise
-    destroy_distributed(env)
-    if not env.is_main:
-        return None
-    rows = MetricsLog.read(Path(tcfg.out_dir) / "metrics.csv")
-    return dict(world_size=env.world_size, step=res.step, stopped_by=res.stopped_by, weights=weights,
-                losses={int(r["step"]): float(r["loss"]) for r in rows if r["loss"]},
-                val_losses={int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]})
-
-# %% ../nbs/12_distributed.ipynb #c882004f
-_DCP = "torch.distributed.checkpoint"
-# every global a torch.distributed.checkpoint `.metadata` file refers to, exactly: (module, name), no dotted names
-DCP_METADATA_GLOBALS = frozenset(
-    {(f"{_DCP}.metadata", n) for n in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
-                                        "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata",
-                                        "_MEM_FORMAT_ENCODING")}
-    | {(f"{_DCP}.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
-       ("collections", "OrderedDict")}
-    | {(m, n) for m in ("pathlib", "pathlib._local") for n in ("Path", "PosixPath", "PurePosixPath", "WindowsPath",
-                                                              "PureWindowsPath")}
-    | {("torch", n) for n in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
-                              "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2")})
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles a DCP `.metadata` file, refusing every global that is not in `DCP_METADATA_GLOBALS` before anything
-    is imported or looked up: no attribute walking, no module imported on a file's say-so."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in DCP_METADATA_GLOBALS:
-            raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which a checkpoint never "
-                                         f"needs: refusing to load it")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):  # written by another Python or PyTorch than this one
-            raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which this Python and "
-                                         f"PyTorch do not have") from None
-
-
-def _reader(path: Path):
-    "A DCP FileSystemReader whose metadata is read with `_MetadataUnpickler` (nothing in a checkpoint runs code)."
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            with open(Path(self.path) / ".metadata", "rb") as f:
-                try:
-                    metadata = _MetadataUnpickler(f).load()
-                except pickle.UnpicklingError as e:
-                    raise ValueError(f"checkpoint {path}: {e}") from None
-                except Exception as e:  # a truncated or garbled file: unpickling fails in many ways, all the same here
-                    raise ValueError(f"checkpoint {path} is corrupt: .metadata cannot be read ({type(e).__name__})") from None
-            if not isinstance(metadata, Metadata):
-                raise ValueError(f"checkpoint {path} is corrupt: .metadata does not describe a checkpoint")
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-    return SafeReader(path)
-
-# %% ../nbs/12_distributed.ipynb #c7e5d864
-OPTIMIZER_GROUPS = "optimizer_groups.json"
-
-def is_sharded_checkpoint(path: str | Path) -> bool:
-    "True for a checkpoint folder whose tensors were written by torch.distributed.checkpoint (`save_sharded`)."
-    return (Path(path) / ".metadata").is_file()
-
-
-def save_sharded(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                 env: DistEnv | None = None) -> None:
-    """Every rank writes its own shards of the model's and optimizer's tensors into `folder` (torch.distributed.
-    checkpoint, named by parameter, not by rank); rank 0 adds the optimizer's hyperparameters as JSON. Only tensors
-    go into the checkpoint's data files, so loading it never unpickles Python objects."""
-    from torch.distributed.checkpoint import FileSystemWriter, save
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-
-    env, folder = env or current_env(), Path(folder)
-    if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        tensors = {"model": model_sd, "optimizer": optim_sd["state"]}
-    else:
-        tensors, optim_sd = {"model": get_model_state_dict(model)}, None
-    with warnings.catch_warnings():  # one process without a process group is fine: say nothing
-        warnings.filterwarnings("ignore", message=".*assuming the intent is")
-        save(tensors, storage_writer=FileSystemWriter(folder))
-    if env.is_main and optim_sd is not None:
-        groups = json.dumps(optim_sd["param_groups"], indent=1, default=lambda o: o.item() if torch.is_tensor(o) else str(o))
-        (folder / OPTIMIZER_GROUPS).write_text(groups)
-
-# %% ../nbs/12_distributed.ipynb #3c59de7c
-def load_sharded(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Load a `save_sharded` folder into `model` (and `optimizer`) however they are sharded now: saved on N
-    processes, loaded on M, or on one without any process group. Each rank reads only the pieces it owns."""
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
-                                                         set_state_dict)
-
-    folder = Path(folder)
-    if not is_sharded_checkpoint(folder):
-        raise FileNotFoundError(f"{folder} holds no torch.distributed.checkpoint files (no .metadata)")
-    stored = _reader(folder).read_metadata().state_dict_metadata
-    if any(isinstance(m, BytesStorageMetadata) for m in stored.values()):
-        raise ValueError(f"{folder} holds pickled Python objects besides tensors: not loading it")
-    if optimizer is None:
-        tensors = {"model": get_model_state_dict(model)}
-        _load(tensors, folder)
-        set_model_state_dict(model, tensors["model"])
-        return
-    if not (folder / OPTIMIZER_GROUPS).is_file():
-        raise ValueError(f"{folder} was saved without an optimizer ({OPTIMIZER_GROUPS} is missing)")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    tensors = {"model": model_sd, "optimizer": optim_sd["state"]}
-    _load(tensors, folder)
-    groups = _groups_from_json(json.loads((folder / OPTIMIZER_GROUPS).read_text()))
-    if [g["params"] for g in groups] != [g["params"] for g in optim_sd["param_groups"]]:
-        raise ValueError(f"{folder}: the optimizer's parameter groups differ from the saved ones")
-    set_state_dict(model, optimizer, model_state_dict=tensors["model"],
-                   optim_state_dict={"state": tensors["optimizer"], "param_groups": groups})
-
-
-def _load(tensors: dict, folder: Path) -> None:
-    "torch.distributed.checkpoint's load, with the safe metadata reader and without the single-process warning."
-    from torch.distributed.checkpoint import load
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is")
-        load(tensors, storage_reader=_reader(folder))
-
-
-def _groups_from_json(groups: list[dict]) -> list[dict]:
-    "JSON lists back to the tuples optimizers use (AdamW's betas)."
-    return [{k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in g.items()} for g in groups]
-
-# %% ../nbs/12_distributed.ipynb #b7c3052b
-def load_full(model: nn.Module, model_sd: dict, optimizer: torch.optim.Optimizer | None = None,
-              optim_sd: dict | None = None) -> None:
-    """Load a single-process checkpoint's full state dicts (weights by name; `optimizer.state_dict()` keyed by
-    position) into a model and optimizer that may be sharded or wrapped: each rank keeps its own pieces."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    full = dict(model_sd)
-    shared = {}  # a tied embedding and head: one tensor, saved under one name, loaded under both
-    for name, p in unwrap(model).named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), []).append(name)
-    for names in shared.values():
-        present = [n for n in names if n in full]
-        for n in names if present else []:
-            full.setdefault(n, full[present[0]])
-    set_model_state_dict(model, full, options=options)
-    if optimizer is None:
-        return
-    names = {id(p): name for name, p in model.named_parameters()}
-    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]  # position → parameter name
-    saved = [i for g in optim_sd["param_groups"] for i in g["params"]]
-    if len(saved) != len(order):
-        raise ValueError(f"the saved optimizer has {len(saved)} parameters, this one {len(order)}")
-    by_name = dict(zip(saved, order))
-    fqn_sd = {"state": {by_name[i]: s for i, s in optim_sd["state"].items()},
-              "param_groups": [{**g, "params": [by_name[i] for i in g["params"]]} for g in optim_sd["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, fqn_sd, options=options)
-
-# %% ../nbs/12_distributed.ipynb #7b7e8818
-def save_checkpoint_sharded(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            state: dict, cfg: LlamaConfig, tcfg, tokenizer=None, keep: int = 1,
-                            env: DistEnv | None = None) -> Path:
-    """The training loop's checkpoint (`run_dir/checkpoints/step-NNNNNNN/`, see `minillm.train.save_checkpoint`)
-    written by every process at once: each saves its shards (`save_sharded`) into a temporary folder; after a
-    barrier, rank 0 adds the JSON files and renames the folder into place. Called on every rank."""
-    from minillm import train as T
-
-    from minillm.files import publish_dir, write_atomic
-
-    env, root = env or current_env(), Path(run_dir) / "checkpoints"
-    final = root / f"step-{step:07d}"
-    tmp = root / f".{final.name}.sharded.tmp"  # the same name on every rank
-    if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(env)
-    save_sharded(tmp, model, optimizer, env)
-    barrier(env)  # every shard is on disk
-    if env.is_main:
-        try:
-            rng = T._rng_state()
-            torch.save(rng["torch"], tmp / "rng.pt")
-            if tokenizer is not None:
-                tokenizer.save(tmp)
-            (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-            (tmp / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=1))
-            full = dict(format=T.CHECKPOINT_FORMAT, **state, step=step, weights="sharded",
-                        rng=dict(python=rng["python"], numpy=rng["numpy"]))
-            (tmp / "state.json").write_text(json.dumps(full))  # written last: a folder with state.json is complete
-            publish_dir(tmp, final)
-            write_atomic(root / "latest", (final.name + "\n").encode())
-            T._prune(root, keep, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    barrier(env)  # nobody moves on (or exits) before the checkpoint is in place
-    return final
-
-# %% ../nbs/12_distributed.ipynb #158a1fa5
-def load_checkpoint(ckpt, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    device: torch.device | str = "cpu") -> None:
-    """Load a training checkpoint (a `minillm.train.Checkpoint`) into `model` and `optimizer`, whichever way each
-    side is laid out: sharded checkpoints into any number of processes, single-process checkpoints into sharded or
-    replicated models."""
-    from safetensors.torch import load_file
-
-    if is_sharded_checkpoint(ckpt.path):
-        load_sharded(ckpt.path, model, optimizer)
-    else:
-        weights = load_file(str(Path(ckpt.path) / "model.safetensors"), device=str(device))
-        load_full(model, weights, optimizer, ckpt.optimizer_state(device) if optimizer is not None else None)
 
 # %% ../nbs/12_distributed.ipynb #72b82108
 class Preemption:

@@ -114,7 +114,7 @@ def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
 
     if is_finetune(path):  # `minillm finetune`'s folder: its weights, or its base with the adapter merged in
         return load_finetune(path, load_for_export)
-    from minillm.train import load_model
+    from minillm.checkpoint import load_model
 
     model, tok, found = load_model(path, device="cpu")
     if tok is None:

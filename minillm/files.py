@@ -90,14 +90,19 @@ def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 # %% ../nbs/92_files.ipynb #f1a0c005
 def check_writable(folder: str | os.PathLike, what: str = "--out") -> Path:
-    """Create `folder` if needed and make sure files can be written in it, or raise ValueError in one line naming
-    the problem (`what` names the option it came from)."""
+    """Make sure files can be created in `folder` (or, when it does not exist yet, in its nearest existing parent,
+    where it would be made), without creating anything there; otherwise raise ValueError in one line naming the
+    problem (`what` names the option it came from)."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what} {folder} is a file: give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder}: {existing} is a file, so the folder cannot be made")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LlamaConfig
+from .distributed import resolve_device
 from .files import publish_dir, temp_dir
 from .generate import generate
 from .hf import to_hf_name
 from .model import Llama
 from .quantize import QuantLinear, quantize_weight
 from .tokenizer import Tokenizer
-from .train import lr_at, resolve_device
+from .train import lr_at
 
 # %% auto #0
 __all__ = ['CHAT_ROLES', 'LORA_TARGETS', 'ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'FINETUNE_METHODS', 'FINETUNE_DTYPES',

@@ -195,7 +195,8 @@ def describe_throughput(tokens_per_s: float, world_size: int, flops_per_token: f
 # %% ../nbs/13_pretrain.ipynb #f94bf8e0
 def throughput_summary(metrics_csv: str | Path, cfg: LlamaConfig, tcfg, world_size: int = 1) -> str | None:
     "The throughput line of a run's last logged window in `metrics.csv` (None if no step was logged)."
-    from minillm.train import MetricsLog, resolve_device
+    from minillm.distributed import resolve_device
+    from minillm.metrics import MetricsLog
 
     rows = [r for r in MetricsLog.read(metrics_csv) if r.get("tokens_per_s")]
     if not rows:

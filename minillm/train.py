@@ -5,167 +5,36 @@
 # %% ../nbs/09_train.ipynb #6a23f2ce
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
-import os
-import random
 import re
-import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import LlamaConfig, _closest
+from .checkpoint import Checkpoint, _set_rng_state, claim_run_folder, load_checkpoint, save_checkpoint
+from .config import TRAIN_PRESETS, LlamaConfig, TrainConfig
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
-from .files import FolderLock, publish_dir, temp_dir, write_atomic
+from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_norm, current_env, dist_info, global_mean,
+                          global_sum, grad_sync, parallelize, replicate, resolve_device, unwrap)
+from .kernels.switch import apply_kernels, describe_kernels
+from .metrics import RunLog, plot_metrics
+from .model import Llama
+from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'RUN_OUTPUTS', 'TrainConfig', 'lr_at',
-           'param_groups', 'make_optimizer', 'resolve_device', 'autocast_dtype', 'autocast', 'use_compile',
-           'build_model', 'unwrap', 'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint',
-           'find_checkpoint', 'Checkpoint', 'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged',
-           'TrainResult', 'Schedule', 'TimeBudget', 'RunState', 'train_step', 'claim_run_folder', 'Run', 'train',
-           'tokenizer_for', 'prepare_data', 'train_run']
-
-# %% ../nbs/09_train.ipynb #250ac578
-TRAIN_PRESETS: dict[str, dict] = {
-    # a few CPU minutes on the built-in corpus: `minillm train` with no arguments
-    "toy": dict(out_dir="runs/toy", data=("builtin?max_bytes=6000000",), tokenizer_bytes=3_000_000,
-                lr=4e-3, min_lr=4e-4, warmup=60, max_steps=3000, global_batch=16, micro_batch=16,
-                eval_every=200, eval_batches=24, save_every=1000, time_limit=270.0, sample_prompt="def "),
-    # seconds: tests and debugging
-    "debug": dict(out_dir="runs/debug", data=("builtin?max_bytes=300000",), tokenizer_bytes=300_000,
-                  lr=3e-3, min_lr=3e-4, warmup=5, max_steps=50, global_batch=8, micro_batch=8, seq_len=64,
-                  eval_every=25, eval_batches=4, save_every=25, sample_tokens=40),
-    # llama2.c's TinyStories recipe, for a GPU
-    "tinystories-15m": dict(out_dir="runs/tinystories-15m", data=("hf:roneneldan/TinyStories",), lr=5e-4,
-                            min_lr=5e-5, warmup=1000, max_steps=100_000, global_batch=128, micro_batch=64,
-                            eval_every=2000, eval_batches=50, save_every=2000),
-    # TinyLlama-1.1B: 2M tokens per step (1024 × 2048), 3T tokens ≈ 1.43M steps, its own SentencePiece tokenizer
-    "tinyllama-1.1b": dict(out_dir="runs/tinyllama-1.1b", data=("tinyllama",), lr=4e-4, min_lr=4e-5, warmup=2000,
-                           max_steps=1_430_000, global_batch=1024, micro_batch=8, weight_decay=0.1,
-                           betas=(0.9, 0.95), grad_clip=1.0, eval_every=5000, eval_batches=100, save_every=5000),
-}
-
-DTYPES = ("auto", "float32", "bfloat16")
-
-# %% ../nbs/09_train.ipynb #227cd640
-def _check(ok: bool, message: str) -> None:
-    "Raise ValueError(message) unless ok."
-    if not ok:
-        raise ValueError(message)
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-# %% ../nbs/09_train.ipynb #16e2ce92
-@dataclass
-class TrainConfig:
-    "How to train: data, optimizer, schedule, batch shape, evaluation, checkpoints, time and device. See `TRAIN_PRESETS`."
-    out_dir: str = "runs/run"  # run folder: checkpoints/, metrics.csv, loss.png, data/ (token and tokenizer cache)
-    data: tuple = ("builtin",)  # data sources (`minillm.data.parse_data` values: builtin, a path, hf:NAME, a mixture)
-    val_data: tuple = ()  # held-out text to evaluate on (same forms as `data`); empty: the val split of `data`
-    tokenizer: str | None = None  # a saved tokenizer; None: train a BPE tokenizer of the model's vocab_size on the data
-    tokenizer_bytes: int = 4_000_000  # how much text that tokenizer is trained on
-    lr: float = 3e-3  # peak learning rate
-    min_lr: float = 3e-4  # floor of the cosine decay
-    warmup: int = 100  # steps of linear warmup
-    max_steps: int = 2000  # optimizer steps (the cosine reaches min_lr here)
-    global_batch: int = 32  # sequences per optimizer step, all processes together
-    micro_batch: int = 16  # at most this many sequences per forward/backward on one process (fitted to the world size)
-    seq_len: int | None = None  # tokens per sequence; None: the model's max_seq_len
-    weight_decay: float = 0.1  # decoupled (AdamW), on matmul weights only
-    betas: tuple = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # clip the global gradient norm to this; 0: no clipping
-    eval_every: int = 250  # steps between evaluations (and at step 0 and the end); 0: only at the end
-    eval_batches: int = 20  # micro-batches of validation windows per evaluation
-    save_every: int = 1000  # steps between checkpoints (and at the end); 0: only at the end
-    log_every: int = 10  # steps between rows of metrics.csv
-    seed: int = 0  # model init and data order
-    time_limit: float | None = None  # seconds for the whole run, from `start_time`; stops in time to evaluate and save
-    device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", "mps"
-    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, float32 elsewhere), "float32", "bfloat16"
-    parallel: str = "auto"  # "auto" (FSDP2 with more than one process), "fsdp", "ddp" or "none": see 12_distributed
-    activation_checkpointing: str = "none"  # "none", "selective" (recompute elementwise ops) or "full" (whole blocks)
-    peak_tflops: float | None = None  # peak bf16 TFLOP/s of one GPU for the MFU column (None: from the GPU's name)
-    compile: bool | None = None  # torch.compile the model; None: on CUDA only (on a CPU it costs more than it saves)
-    sample_tokens: int = 200  # tokens sampled at the end of the run (0: none)
-    sample_prompt: str = ""
-    tensorboard: bool = False  # log to out_dir/tensorboard (needs the tensorboard package)
-    wandb: bool = False  # log to Weights & Biases (needs the wandb package and a login)
-    wandb_project: str = "minillm"
-
-    def __post_init__(self):
-        if isinstance(self.data, str):
-            self.data = (self.data,)
-        self.data = tuple(self.data)
-        self.val_data = (self.val_data,) if isinstance(self.val_data, str) else tuple(self.val_data)
-        self.betas = tuple(self.betas)
-        _check(len(self.data) > 0 and all(isinstance(d, str) and d.strip() for d in self.data),
-               f"data={self.data!r}: give at least one data source (a path, 'builtin', 'hf:NAME' or a mixture)")
-        for f in ("warmup", "max_steps", "global_batch", "micro_batch", "eval_every", "eval_batches", "save_every",
-                  "log_every", "seed", "sample_tokens", "tokenizer_bytes"):
-            v = getattr(self, f)
-            low = 1 if f in ("max_steps", "global_batch", "micro_batch", "eval_batches", "log_every", "tokenizer_bytes") else 0
-            _check(_is_int(v) and v >= low, f"{f}={v!r} must be an integer >= {low}")
-        _check(_is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
-        _check(_is_num(self.min_lr) and 0 <= self.min_lr <= self.lr, f"min_lr={self.min_lr!r} must be in [0, lr={self.lr}]")
-        _check(self.seq_len is None or (_is_int(self.seq_len) and self.seq_len >= 1),
-               f"seq_len={self.seq_len!r} must be a positive integer (or None for the model's max_seq_len)")
-        _check(_is_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay={self.weight_decay!r} must be >= 0")
-        _check(len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas),
-               f"betas={self.betas!r} must be two numbers in [0, 1)")
-        _check(_is_num(self.eps) and self.eps > 0, f"eps={self.eps!r} must be a positive number")
-        _check(_is_num(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip!r} must be >= 0 (0: off)")
-        _check(self.time_limit is None or (_is_num(self.time_limit) and self.time_limit > 0),
-               f"time_limit={self.time_limit!r} must be a positive number of seconds (or None)")
-        _check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
-        _check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
-               f"device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")
-        _check(self.compile in (None, True, False), f"compile={self.compile!r} must be True, False or None (auto)")
-        _check(self.parallel in ("auto", "none", "ddp", "fsdp"),
-               f"parallel={self.parallel!r} is not one of auto, none, ddp, fsdp")
-        _check(self.activation_checkpointing in ("none", "selective", "full"),
-               f"activation_checkpointing={self.activation_checkpointing!r} is not one of none, selective, full")
-        _check(self.peak_tflops is None or (_is_num(self.peak_tflops) and self.peak_tflops > 0),
-               f"peak_tflops={self.peak_tflops!r} must be a positive number (or None)")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> TrainConfig:
-        "The training recipe of preset `name` (see `TRAIN_PRESETS`), with any field replaced by `overrides`."
-        if name not in TRAIN_PRESETS:
-            raise ValueError(f"no training recipe for preset '{name}'{_closest(name, list(TRAIN_PRESETS))}; "
-                             f"recipes: {', '.join(TRAIN_PRESETS)}")
-        return cls.from_dict({**TRAIN_PRESETS[name], **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        "Build from a plain dict (as saved in checkpoints), rejecting unknown keys."
-        valid = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in valid:
-                raise ValueError(f"unknown TrainConfig field '{k}'{_closest(k, valid)}; valid fields: {', '.join(valid)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        "Plain dict of every field (JSON-serializable)."
-        d = asdict(self)
-        d["data"], d["val_data"], d["betas"] = list(self.data), list(self.val_data), list(self.betas)
-        return d
+__all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
+           'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
+           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'tokenizer_for', 'prepare_data',
+           'train_run']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -200,17 +69,6 @@ def make_optimizer(model: nn.Module, tcfg: TrainConfig, device: torch.device | s
         return torch.optim.AdamW(groups, **kwargs)
 
 # %% ../nbs/09_train.ipynb #577e5572
-def resolve_device(device: str = "auto") -> torch.device:
-    "`auto` → CUDA when available, else the CPU; other names are checked against what this machine has."
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}, but this PyTorch sees no CUDA GPU; use device='cpu'")
-    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'")
-    return d
-
 def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
     "The autocast dtype for `dtype` on `device`: bf16 for 'auto' on a CUDA GPU that has it, None (float32) otherwise."
     if dtype == "bfloat16":
@@ -220,7 +78,8 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | N
     return None
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    "A `torch.autocast` context for `dtype`, or a no-op for float32."
+    """The forward pass's precision: a `torch.autocast` context for `dtype`, or a no-op for float32. (Under FSDP2 with
+    bf16 the weights already arrive in bf16; autocast still keeps the float32 ops, softmax and norms, in float32.)"""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 # %% ../nbs/09_train.ipynb #3f01b485
@@ -229,49 +88,22 @@ def use_compile(tcfg: TrainConfig, device: torch.device) -> bool:
     return tcfg.compile if tcfg.compile is not None else device.type == "cuda"
 
 def build_model(cfg: LlamaConfig, tcfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model to train, made the one way every mode shares, in torchtitan's order: built on the meta device, the
-    kernels `cfg.kernels` picks (Triton on CUDA for 'auto'), activation checkpointing, torch.compile (`use_compile`),
-    then FSDP2 or DDP when several processes run; given memory on `device` and initialized exactly as
-    `torch.manual_seed(tcfg.seed); Llama(cfg)` would be on one device."""
-    from minillm.distributed import build_model as build, current_env
-    from minillm.kernels.switch import apply_kernels
-
-    precision = "bf16" if autocast_dtype(device, tcfg.dtype) == torch.bfloat16 else "fp32"
-    kernels = partial(apply_kernels, kernels=cfg.kernels, device=device)
-    return build(cfg, current_env(device), tcfg.parallel, tcfg.activation_checkpointing, precision, tcfg.seed,
-                 compile=use_compile(tcfg, device), prepare=kernels)
-
-def unwrap(model: nn.Module) -> nn.Module:
-    "The plain model inside a torch.compile or DDP wrapper (the one whose weights are saved)."
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-        else:
-            return model
-
-# %% ../nbs/09_train.ipynb #43b7feff
-def dist_info() -> tuple[int, int]:
-    "(rank, world_size) from torch.distributed when it is initialized, else (0, 1)."
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-def global_sum(value: torch.Tensor) -> torch.Tensor:
-    "Sum of `value` over all processes (the value itself on one process)."
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.detach().clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-def global_mean(value: torch.Tensor) -> torch.Tensor:
-    "Mean of `value` over all processes: what every logged metric is."
-    return global_sum(value) / dist_info()[1]
+    """The model to train, made the one way every mode shares, in torchtitan's order: built on the meta device (no
+    memory yet), the kernels `cfg.kernels` picks (Triton on CUDA for 'auto'), then the parallelize step (activation
+    checkpointing, torch.compile, FSDP2: chapter 12), then memory on `device` and exactly the weights
+    `torch.manual_seed(tcfg.seed); Llama(cfg)` would have on one device (`InitRecorder`), then DDP if asked for."""
+    env = current_env(device)
+    torch.manual_seed(tcfg.seed)
+    with torch.device("meta"), InitRecorder(env.device) as init:
+        model = Llama(cfg)
+    init.record(model)
+    apply_kernels(model, cfg.kernels, device=env.device)
+    precision = "bf16" if autocast_dtype(env.device, tcfg.dtype) == torch.bfloat16 else "fp32"
+    parallel = parallelize(model, env, tcfg.parallel, tcfg.activation_checkpointing, precision,
+                           compile=use_compile(tcfg, env.device))
+    model.to_empty(device=env.device)
+    init.replay(model)
+    return replicate(model, env) if parallel == "ddp" else model
 
 # %% ../nbs/09_train.ipynb #8a556b79
 @torch.no_grad()
@@ -292,300 +124,6 @@ def evaluate(model: nn.Module, evalset: EvalSet, batch_size: int, ctx=None) -> t
     total = global_sum(total)
     loss = (total[0] / total[1]).item()
     return loss, evalset.bits_per_byte(loss)
-
-# %% ../nbs/09_train.ipynb #e231309d
-CHECKPOINT_FORMAT = "minillm-checkpoint/1"
-
-def _rng_state() -> dict:
-    "Every random generator's state: torch (CPU, CUDA) as tensors, Python and NumPy as JSON-able lists."
-    py = random.getstate()
-    np_state = np.random.get_state()
-    return dict(torch=dict(cpu=torch.get_rng_state(),
-                           cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
-                python=[py[0], list(py[1]), py[2]],
-                numpy=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])])
-
-def _set_rng_state(tensors: dict, python: list, numpy: list) -> None:
-    "Restore what `_rng_state` captured."
-    torch.set_rng_state(tensors["cpu"])
-    if tensors.get("cuda") and torch.cuda.is_available() and len(tensors["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(tensors["cuda"])
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    np.random.set_state((numpy[0], np.asarray(numpy[1], dtype=np.uint32), numpy[2], numpy[3], numpy[4]))
-
-# %% ../nbs/09_train.ipynb #6034e991
-def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    cfg: LlamaConfig, tcfg: TrainConfig, tokenizer=None, keep: int = 1) -> Path:
-    """Write `run_dir/checkpoints/step-NNNNNNN/` atomically (temporary folder, fsync, rename), point
-    `checkpoints/latest` at it, and keep only the newest `keep` checkpoints. Returns the checkpoint folder."""
-    from safetensors.torch import save_model
-
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step-{step:07d}"
-    tmp = temp_dir(root, final.name)
-    try:
-        save_model(unwrap(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        rng = _rng_state()
-        torch.save(rng["torch"], tmp / "rng.pt")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        (tmp / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=1))
-        full = dict(format=CHECKPOINT_FORMAT, **state, step=step, rng=dict(python=rng["python"], numpy=rng["numpy"]))
-        (tmp / "state.json").write_text(json.dumps(full))  # written last: a folder with state.json is complete
-        publish_dir(tmp, final)  # the same step saved again (after a resume) replaces the old copy
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    write_atomic(root / "latest", (final.name + "\n").encode())
-    _prune(root, keep, final)
-    return final
-
-def _prune(root: Path, keep: int, final: Path) -> None:
-    "Keep the newest `keep` complete checkpoints (and `final`); remove the rest and any leftover of a crashed save."
-    complete = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-    for old in complete[:-keep] if keep > 0 else []:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    for junk in root.glob(".step-*"):  # temporary or replaced folders of an interrupted save
-        shutil.rmtree(junk, ignore_errors=True)
-
-# %% ../nbs/09_train.ipynb #8e5ebafa
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder that `path` names: a checkpoint folder itself, or a run folder (its
-    `checkpoints/latest`, else its newest complete `step-*` folder)."""
-    path = Path(path)
-    if (path / "state.json").is_file():
-        return path
-    for root in (path / "checkpoints", path):
-        latest = root / "latest"
-        if latest.is_file():
-            target = root / latest.read_text().strip()
-            if target.name.startswith("step-") and (target / "state.json").is_file():
-                return target
-        complete = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-        if complete:
-            return complete[-1]
-    if not path.exists():
-        raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
-    raise FileNotFoundError(f"no checkpoint in {path}: expected a run folder holding checkpoints/step-*/ or a "
-                            f"checkpoint folder holding state.json")
-
-# %% ../nbs/09_train.ipynb #b0b13d74
-class Checkpoint:
-    "A checkpoint folder, read and checked: `state`, `config` (LlamaConfig), `train_config`, and loaders for the rest."
-
-    def __init__(self, path: str | Path):
-        self.path = find_checkpoint(path)
-        self.state = self._json("state.json")
-        if self.state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {self.path} has format {self.state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-        try:
-            self.config = LlamaConfig.from_dict(self._json("config.json"))
-            self.train_config = TrainConfig.from_dict(self._json("train_config.json"))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"checkpoint {self.path} is corrupt: {e}") from None
-        self.sharded = self.state.get("weights") == "sharded"  # saved by several processes at once (12_distributed)
-        needed = (".metadata", "optimizer_groups.json") if self.sharded else ("model.safetensors", "optimizer.pt")
-        for name in needed + ("rng.pt",):
-            if not (self.path / name).is_file():
-                raise ValueError(f"checkpoint {self.path} is incomplete: {name} is missing")
-
-    def _json(self, name: str) -> dict:
-        try:
-            d = json.loads((self.path / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"checkpoint {self.path} is incomplete: {name} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"checkpoint {self.path} is corrupt: {name} is not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"checkpoint {self.path} is corrupt: {name} does not hold a JSON object")
-        return d
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-    def load_model(self, model: nn.Module, device: torch.device | str = "cpu") -> None:
-        "Load the weights into `model` (unwrapped first), checking every tensor's name and shape."
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
-        if self.sharded:
-            from minillm.distributed import load_sharded
-
-            return load_sharded(self.path, unwrap(model))
-
-        try:
-            missing, unexpected = load_model(unwrap(model), str(self.path / "model.safetensors"), strict=False,
-                                             device=str(device))
-        except SafetensorError as e:
-            raise ValueError(f"checkpoint {self.path} is corrupt: model.safetensors cannot be read ({e})") from None
-        except RuntimeError as e:  # shapes that do not fit
-            raise ValueError(f"checkpoint {self.path} does not fit this model: {str(e).splitlines()[0]}") from None
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {self.path} does not fit this model: missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]}")
-
-    def _torch(self, name: str, device="cpu"):
-        try:
-            return torch.load(self.path / name, map_location=device, weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean the same here
-            raise ValueError(f"checkpoint {self.path} is corrupt: {name} cannot be read ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
-
-    def optimizer_state(self, device="cpu") -> dict:
-        "The optimizer's state dict (loaded with weights_only=True)."
-        return self._torch("optimizer.pt", device)
-
-    def rng_state(self) -> dict:
-        "PyTorch generator states (loaded with weights_only=True)."
-        return self._torch("rng.pt")
-
-    def tokenizer(self):
-        "The tokenizer saved with the checkpoint, checked against the fingerprint recorded in it (None if none was saved)."
-        from minillm.tokenizer import Tokenizer
-
-        info = self.state.get("tokenizer")
-        if info is None:
-            return None
-        try:
-            tok = Tokenizer.load(self.path)
-        except FileNotFoundError:
-            raise ValueError(f"checkpoint {self.path} is incomplete: its tokenizer file is missing") from None
-        if tok.fingerprint != info["fingerprint"]:
-            raise ValueError(f"checkpoint {self.path} is corrupt: its tokenizer file does not match the fingerprint "
-                             f"recorded in state.json")
-        return tok
-
-    def __repr__(self) -> str:
-        return f"Checkpoint('{self.path}', step={self.step}, model={self.config.name})"
-
-# %% ../nbs/09_train.ipynb #7096e98b
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    "(model in eval mode, tokenizer or None, Checkpoint) from a checkpoint folder or a run folder's latest checkpoint."
-    from minillm.model import Llama
-
-    ckpt = Checkpoint(path)
-    device = resolve_device(str(device))
-    tok = ckpt.tokenizer()
-    if tok is not None and tok.vocab_size > ckpt.config.vocab_size:
-        raise ValueError(f"checkpoint {ckpt.path}: its tokenizer has {tok.vocab_size} ids but the model only "
-                         f"{ckpt.config.vocab_size}")
-    with torch.device(device):
-        model = Llama(ckpt.config)
-    ckpt.load_model(model, device)
-    return model.eval(), tok, ckpt
-
-# %% ../nbs/09_train.ipynb #015e3d0e
-METRICS_COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu",
-                   "peak_mem_gib", "elapsed_s")
-
-class MetricsLog:
-    "Rows of `metrics.csv`; resuming at `resume_step` keeps the rows up to that step and appends after them."
-
-    def __init__(self, path: str | Path, resume_step: int | None = None):
-        self.path = Path(path)
-        rows = []
-        if resume_step is not None and self.path.is_file():
-            rows = [r for r in self.read(self.path) if int(r["step"]) <= resume_step]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, METRICS_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in METRICS_COLUMNS} for r in rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, buf.getvalue().encode())
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, METRICS_COLUMNS, lineterminator="\n")
-
-    def write(self, **row) -> None:
-        "Append one row (missing columns left empty) and flush it."
-        self.writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_COLUMNS})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-    @staticmethod
-    def read(path: str | Path) -> list[dict]:
-        "The rows of a metrics file as dicts of strings."
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-
-# %% ../nbs/09_train.ipynb #9c30f41c
-def plot_metrics(metrics: str | Path, png: str | Path | None = None, title: str = ""):
-    """Training loss (and its moving average), validation loss and the learning rate from a `metrics.csv`.
-    Writes `png` when given; returns the matplotlib Figure."""
-    from matplotlib.figure import Figure
-
-    rows = MetricsLog.read(metrics)
-    num = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else None
-    train = [(int(r["step"]), num(r, "loss")) for r in rows if num(r, "loss") is not None]
-    val = [(int(r["step"]), num(r, "val_loss"), num(r, "val_bpb")) for r in rows if num(r, "val_loss") is not None]
-    fig = Figure(figsize=(9, 3.2))
-    ax, ax_lr = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[3, 1]))
-    if train:
-        s, l = zip(*train)
-        ax.plot(s, l, color="tab:blue", alpha=0.3, lw=0.8, label="train loss")
-        k = max(1, len(l) // 20)
-        smooth = np.convolve(l, np.ones(k) / k, mode="valid")
-        ax.plot(s[k - 1:], smooth, color="tab:blue", label=f"train loss ({k}-point mean)")
-    if val:
-        s, l, b = zip(*val)
-        ax.plot(s, l, "o-", color="tab:orange", ms=3, label="val loss")
-        ax.annotate(f"val {l[-1]:.3f} nats/token\n= {b[-1]:.3f} bits/byte", (s[-1], l[-1]), xytext=(-10, 25),
-                    textcoords="offset points", ha="right", fontsize=8)
-    ax.set_xlabel("step"); ax.set_ylabel("loss (nats/token)"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    lrs = [(int(r["step"]), num(r, "lr")) for r in rows if num(r, "lr") is not None]
-    if lrs:
-        ax_lr.plot(*zip(*lrs), color="tab:green")
-    ax_lr.set_xlabel("step"); ax_lr.set_title("learning rate", fontsize=10); ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    if png is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        write_atomic(Path(png), buf.getvalue())
-    return fig
-
-# %% ../nbs/09_train.ipynb #5eb5951f
-class Trackers:
-    "Optional experiment trackers: TensorBoard (`tcfg.tensorboard`) and Weights & Biases (`tcfg.wandb`), rank 0 only."
-
-    def __init__(self, tcfg: TrainConfig, run_dir: Path, config: dict, active: bool = True):
-        self.tb = self.run = None
-        if not active:
-            return
-        if tcfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard "
-                                 "(or pip install minillm[track])") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if tcfg.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise ValueError("wandb=True needs the wandb package: pip install wandb (or pip install minillm[track])") from None
-            self.run = wandb.init(project=tcfg.wandb_project, name=run_dir.name, config=config, resume="allow")
-
-    def log(self, step: int, metrics: dict) -> None:
-        "Send the numeric entries of `metrics` at `step`."
-        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
-        if self.run is not None:
-            self.run.log(metrics, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.run is not None:
-            self.run.finish()
 
 # %% ../nbs/09_train.ipynb #4e83709d
 class TrainingDiverged(RuntimeError):
@@ -617,7 +155,7 @@ def _tokenizer_record(tokenizer) -> dict | None:
 # %% ../nbs/09_train.ipynb #90972e2b
 def _sample(model: nn.Module, tokenizer, prompt: str, n_tokens: int, seed: int) -> str:
     "A seeded sample of `n_tokens` after `prompt` (BOS first when the tokenizer has one), prompt included."
-    from minillm.generate import complete
+    from minillm.generate import complete  # generation is a later chapter's; the loop only calls it at the end
 
     if not prompt and tokenizer.bos_id is None:
         return ""
@@ -668,6 +206,7 @@ class TimeBudget:
     sample_s: float = 0.0  # the closing sample will take about this long
     step_s_at_eval: float | None = None  # step time when eval_s was measured (the end scales with the machine's speed)
     step_times: list = field(default_factory=list)
+    fitted_at: int = 0  # len(step_times) when the schedule was last refit
 
     SAFETY = 1.1  # the end is budgeted at 110% of what it took when measured
     MARGIN_S = 1.0  # plus this, for drawing loss.png and closing files
@@ -705,6 +244,33 @@ class TimeBudget:
         room = self.left() - self.end_cost()
         return max(0, math.floor(room / seconds_per_step)) if seconds_per_step > 0 else 0
 
+# %% ../nbs/09_train.ipynb #f3a9c1d2
+def fit_schedule(budget: TimeBudget, state: RunState, tcfg: TrainConfig, say: Callable, device=None) -> bool:
+    """Before a step, with a time limit: every `REFIT_EVERY` steps, refit the schedule to the steps the time still
+    allows (in the schedule's first half longer or shorter, later only shorter: a late rise in the learning rate
+    hurts); True when the next step would eat into the time the end of the run needs. Every process decides from the
+    same numbers: the slowest step time, the least time left (`agree`)."""
+    b, sched = budget, state.schedule
+    if b.limit is None or not b.step_times:
+        return False
+    step_s = b.step_time()
+    per_step = step_s + (b.eval_s / tcfg.eval_every if tcfg.eval_every else 0.0) + (
+        b.save_s / tcfg.save_every if tcfg.save_every else 0.0)  # each step's share of evaluations and checkpoints
+    step_s, per_step, room = agree([step_s, per_step, -(b.left() - b.end_cost())], device=device)
+    room = -room
+    if room < step_s:
+        return True
+    remaining, fits = sched.max_steps - state.step, math.floor(room / per_step)
+    due = len(b.step_times) >= b.RECENT and (not sched.fitted or len(b.step_times) - b.fitted_at >= b.REFIT_EVERY)
+    changed = abs(fits - remaining) > b.REFIT_TOLERANCE * remaining
+    if due and (not sched.fitted or (changed and (fits < remaining or state.step < sched.max_steps / 2))):
+        old, b.fitted_at = sched.max_steps, len(b.step_times)
+        sched.refit(state.step + fits, state.step)
+        if sched.max_steps != old:
+            say(f"time limit: {b.limit:.0f} s leaves room for about {fits} more steps of {per_step * 1000:.0f} ms; "
+                f"the schedule now ends at step {sched.max_steps} (was {old})")
+    return False
+
 # %% ../nbs/09_train.ipynb #c6d81e4f
 @dataclass
 class RunState:
@@ -726,8 +292,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loade
     """One optimizer step: this process's micro-batches of `step` (gradients exchanged once, with the last), the loss
     averaged over all processes, the gradient norm clipped to `grad_clip` (0: not clipped), then AdamW at `lr`.
     Returns (loss, gradient norm before clipping); a step whose loss or norm is not finite is not applied."""
-    from minillm.distributed import clip_grad_norm, grad_sync
-
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=loader.device)
@@ -744,61 +308,29 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loade
     optimizer.zero_grad(set_to_none=True)
     return loss, grad_norm
 
-# %% ../nbs/09_train.ipynb #e0c4b7a9
-RUN_OUTPUTS = ("checkpoints", "metrics.csv", "loss.png", "tensorboard")  # what a run writes into its folder
-
-def claim_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> FolderLock:
-    """Make `out_dir` this run's, or refuse in one line: a file is not a folder; a folder another process is training
-    into is locked (the lock, returned, is held until released, and the operating system drops it if the process
-    dies); a fresh run into a folder that holds another run's checkpoints or metrics is refused unless `overwrite`,
-    which removes what a run writes (`RUN_OUTPUTS`) and keeps the data cache."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder for the run")
-    if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
-    lock = FolderLock(out).acquire()
-    try:
-        held = [name for name in RUN_OUTPUTS if (out / name).exists()] if not resume else []
-        if held and not overwrite:
-            try:
-                what = f"a checkpoint at step {Checkpoint(out).step}"
-            except (FileNotFoundError, ValueError):
-                what = " and ".join(held)
-            raise ValueError(f"{out} holds another run ({what}): continue it with --resume, train into a fresh --out, "
-                             f"or replace it with --overwrite")
-        for name in held:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
 # %% ../nbs/09_train.ipynb #5d0e8c3a
 class Run:
-    """Everything one training run holds: the model, optimizer and data made from `cfg` and `tcfg` (resumed from
-    the run folder's latest checkpoint with `resume`), its `RunState`, `TimeBudget`, logs and checkpoints. `train`
-    drives it; its methods are the loop's "once in a while" parts: `evaluate`, `log`, `save`, `out_of_time`."""
+    """One training run's parts, made and checked before anything is written: the data checked against the model
+    and tokenizer, the loader with its micro-batch fitted to the world size, the evaluation windows, the model from
+    `build_model`, the optimizer, and on `resume` everything the checkpoint restores; then the run folder claimed and
+    the log opened. The loop's "once in a while" parts take it: `evaluate_now`, `log_step`, `save_now`."""
 
     def __init__(self, cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tokenizer=None, *,
                  resume: bool = False, progress: bool = True, verbose: bool = True, budget: TimeBudget | None = None,
                  val_data: Mixture | None = None, overwrite: bool = False):
         self.cfg, self.tcfg, self.tokenizer = cfg, tcfg, tokenizer
         self.rank, self.world = dist_info()
-        self.main = self.rank == 0
         self.device = resolve_device(tcfg.device)
         self.ctx = autocast(self.device, autocast_dtype(self.device, tcfg.dtype))
         self.budget = budget or TimeBudget(tcfg.time_limit)
-        self.run_dir = Path(tcfg.out_dir)
-        self.seq_len = tcfg.seq_len or cfg.max_seq_len
+        self.run_dir, self.seq_len = Path(tcfg.out_dir), tcfg.seq_len or cfg.max_seq_len
         self.tokens_per_step = tcfg.global_batch * self.seq_len
-        self.fitted_at = 0  # len(budget.step_times) at the last refit of the schedule
         mixture = _check_data(cfg, self.seq_len, data, tokenizer)
         micro = fit_micro_batch(tcfg.global_batch, tcfg.micro_batch, self.world)
         self.loader = Loader(mixture, self.seq_len, tcfg.global_batch, micro, seed=tcfg.seed, rank=self.rank,
                              world_size=self.world, device=self.device)
-        self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * micro, data=val_data)
+        # the recipe's micro-batch, not the fitted one: the windows evaluated never depend on the number of processes
+        self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * tcfg.micro_batch, data=val_data)
         ckpt = _resumable(self.run_dir, cfg, mixture) if resume else None
         self.model = build_model(cfg, tcfg, self.device)
         self.optimizer = make_optimizer(self.model, tcfg, self.device)
@@ -808,170 +340,111 @@ class Run:
             _restore(ckpt, self)
         self.model.train()
         # everything is checked: the folder becomes this run's (only the main process writes its files)
-        self.lock = claim_run_folder(self.run_dir, resume, overwrite) if self.main else None
-        self._open_logs(progress, verbose, resumed=ckpt is not None)
+        self.lock = claim_run_folder(self.run_dir, resume, overwrite) if self.rank == 0 else None
+        self.log = RunLog(self.run_dir, cfg, tcfg, self.state.step, self.state.schedule.max_steps, resumed=ckpt is not None,
+                          progress=progress, verbose=verbose, main=self.rank == 0)
+        self.peak, peak_source = (peak_tflops(override=tcfg.peak_tflops)
+                                  if tcfg.peak_tflops or self.device.type == "cuda" else (None, ""))
+        self._announce(micro, ckpt, peak_source)
+
+    def _announce(self, micro: int, ckpt: Checkpoint | None, peak_source: str) -> None:
+        "The run's first lines: what it chose for the user (micro-batch, warmup) and what it installed."
+        say, tcfg = self.log.say, self.tcfg
         if micro != tcfg.micro_batch:
-            self.say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step "
-                     f"over {self.world} process(es) in {self.loader.accum} micro-step(s) each")
+            say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step over "
+                f"{self.world} process(es) in {self.loader.accum} micro-step(s) each")
         if self.state.schedule.warmup < tcfg.warmup:
-            self.say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
-                     f"{self.state.schedule.warmup}")
-        from minillm.kernels.switch import describe_kernels
-
-        self.say(f"kernels: {describe_kernels(unwrap(self.model))}")
-        if ckpt is not None:
-            self.say(f"resuming from {ckpt.path} at step {self.state.step}")
-
-    def _open_logs(self, progress: bool, verbose: bool, resumed: bool) -> None:
-        "metrics.csv, trackers and the progress bar on the main process; `say` prints there (and nowhere else)."
-        from minillm.pretrain import MFU_CONVENTION, peak_tflops
-
-        self.metrics = self.trackers = self.bar = None
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.state.step if resumed else None)
-            self.trackers = Trackers(self.tcfg, self.run_dir, dict(model=self.cfg.to_dict(), train=self.tcfg.to_dict()))
-            from tqdm import tqdm  # a console bar (tqdm.auto would want notebook widgets)
-
-            self.bar = tqdm(total=self.state.schedule.max_steps, initial=self.state.step, disable=not progress,
-                            unit="step", dynamic_ncols=True)
-        self.verbose, self.progress = verbose and self.main, progress
-        self.peak, source = (peak_tflops(override=self.tcfg.peak_tflops)
-                             if self.tcfg.peak_tflops or self.device.type == "cuda" else (None, ""))
+            say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
+                f"{self.state.schedule.warmup}")
+        say(f"kernels: {describe_kernels(unwrap(self.model))}")
         if self.peak is not None:
-            self.say(f"{MFU_CONVENTION}; peak {self.peak:.0f} TFLOP/s per GPU ({source})")
-        self.window = [0, 0.0]  # tokens and seconds since the last logged row
+            say(f"{MFU_CONVENTION}; peak {self.peak:.0f} TFLOP/s per GPU ({peak_source})")
+        if ckpt is not None:
+            say(f"resuming from {ckpt.path} at step {self.state.step}")
 
-    def say(self, msg: str) -> None:
-        "Print a line on the main process (above the progress bar)."
-        if not self.verbose:
-            return
-        if self.bar is not None and self.progress:
-            self.bar.write(msg)
-        else:
-            print(msg)
+# %% ../nbs/09_train.ipynb #c8e1f0a4
+def evaluate_now(run: Run, row: bool = False) -> None:
+    "Validation loss and bits per byte now, timed for the budget; `row` also logs them as a row of their own."
+    b, s, tcfg = run.budget, run.state, run.tcfg
+    t = b.clock()
+    s.val_loss, s.val_bpb = evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
+    b.eval_s, b.step_s_at_eval, s.last_eval = b.clock() - t, b.step_time() or None, s.step
+    run.log.say(f"step {s.step}: val loss {s.val_loss:.4f}, val bpb {s.val_bpb:.4f}")
+    if run.tokenizer is not None and tcfg.sample_tokens > 0 and b.limit is not None and not b.sample_s:
+        t, probe = b.clock(), min(8, tcfg.sample_tokens)  # a few tokens, timed: the closing sample's cost
+        _sample(run.model, run.tokenizer, tcfg.sample_prompt, probe, tcfg.seed)
+        b.sample_s = (b.clock() - t) * tcfg.sample_tokens / probe
+    if row:
+        run.log.row(step=s.step, val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6), tokens=s.tokens,
+                    elapsed_s=f"{b.clock() - b.started:.2f}")
 
-    def evaluate(self, row: bool = False) -> None:
-        "Validation loss and bits per byte now (timed for the budget); `row` logs them as a row of their own."
-        b, s = self.budget, self.state
-        t = b.clock()
-        s.val_loss, s.val_bpb = evaluate(self.model, self.evalset, self.loader.micro_batch, self.ctx)
-        b.eval_s, b.step_s_at_eval, s.last_eval = b.clock() - t, b.step_time() or None, s.step
-        self.say(f"step {s.step}: val loss {s.val_loss:.4f}, val bpb {s.val_bpb:.4f}")
-        if self.tokenizer is not None and self.tcfg.sample_tokens > 0 and b.limit is not None and not b.sample_s:
-            t, probe = b.clock(), min(8, self.tcfg.sample_tokens)  # time a few tokens: the closing sample's cost
-            _sample(self.model, self.tokenizer, self.tcfg.sample_prompt, probe, self.tcfg.seed)
-            b.sample_s = (b.clock() - t) * self.tcfg.sample_tokens / probe
-        if row and self.metrics:
-            self.metrics.write(step=s.step, val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6), tokens=s.tokens,
-                               elapsed_s=f"{b.clock() - b.started:.2f}")
+def log_step(run: Run, lr: float, grad_norm: float, seconds: float) -> None:
+    """After a step: every `log_every` steps (and at an evaluation) a row of metrics.csv, its throughput and peak
+    memory global over processes; the progress bar every step."""
+    s, tcfg = run.state, run.tcfg
+    run.log.window(run.tokens_per_step, seconds)
+    evaluated = s.last_eval == s.step
+    if s.step % tcfg.log_every == 0 or evaluated or s.step == 1:
+        peak_mem = global_mean(torch.tensor(peak_memory_gib(run.device), device=run.device)).item()  # every process
+        tok_s = run.log.tokens_per_s()
+        row = dict(step=s.step, loss=round(s.loss, 6), lr=f"{lr:.6g}", grad_norm=round(grad_norm, 4), tokens=s.tokens,
+                   tokens_per_s=round(tok_s), peak_mem_gib=round(peak_mem, 3),
+                   mfu=mfu(tok_s / run.world, run.cfg.flops_per_token(run.seq_len), run.peak),
+                   elapsed_s=f"{run.budget.clock() - run.budget.started:.2f}")
+        if evaluated:
+            row.update(val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6))
+        run.log.row(**row)
+    run.log.advance(s.schedule.max_steps, loss=f"{s.loss:.3f}", val_bpb=f"{s.val_bpb:.3f}" if s.val_bpb else "-",
+                    tok_s=f"{run.tokens_per_step / max(seconds, 1e-9):,.0f}")
 
-    def log(self, lr: float, grad_norm: float, seconds: float) -> None:
-        "After a step: the progress bar, and every `log_every` steps (or at an evaluation) a row of metrics.csv."
-        from minillm.pretrain import mfu, peak_memory_gib
+def save_now(run: Run) -> None:
+    "A checkpoint of this step (every process takes part when there are several), timed for the budget."
+    b, s = run.budget, run.state
+    t = b.clock()
+    record = dict(schedule=asdict(s.schedule), loader=run.loader.state_dict(), tokens=s.tokens,
+                  val=dict(loss=s.val_loss, bpb=s.val_bpb), tokenizer=_tokenizer_record(run.tokenizer),
+                  world_size=run.world, n_params=unwrap(run.model).num_params(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    path = save_checkpoint(run.run_dir, s.step, run.model, run.optimizer, record, run.cfg, run.tcfg, run.tokenizer)
+    b.save_s = b.clock() - t
+    s.last_saved, s.last_saved_step = (path if run.rank == 0 else None), s.step
 
-        s, tcfg = self.state, self.tcfg
-        self.window[0] += self.tokens_per_step
-        self.window[1] += seconds
-        evaluated = s.last_eval == s.step
-        if s.step % tcfg.log_every == 0 or evaluated or s.step == 1:
-            # every process's peak memory, averaged (a collective, so computed on all of them)
-            peak_mem = global_mean(torch.tensor(peak_memory_gib(self.device), device=self.device)).item()
-            if self.metrics:
-                tok_s = self.window[0] / max(self.window[1], 1e-9)
-                row = dict(step=s.step, loss=round(s.loss, 6), lr=f"{lr:.6g}", grad_norm=round(grad_norm, 4),
-                           tokens=s.tokens, tokens_per_s=round(tok_s), peak_mem_gib=round(peak_mem, 3),
-                           mfu=mfu(tok_s / self.world, self.cfg.flops_per_token(self.seq_len), self.peak),
-                           elapsed_s=f"{self.budget.clock() - self.budget.started:.2f}")
-                if evaluated:
-                    row.update(val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6))
-                self.metrics.write(**row)
-                self.trackers.log(s.step, {k: float(v) for k, v in row.items() if v not in ("", None)})
-            self.window = [0, 0.0]
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{s.loss:.3f}", val_bpb=f"{s.val_bpb:.3f}" if s.val_bpb else "-",
-                                 tok_s=f"{self.tokens_per_step / max(seconds, 1e-9):,.0f}", refresh=False)
+# %% ../nbs/09_train.ipynb #d9b2e7c5
+def diverged(run: Run, loss: float, grad_norm: float, lr: float) -> TrainingDiverged:
+    "The error for a step whose loss or gradient norm is not finite (its row is logged first)."
+    s = run.state
+    run.log.row(step=s.step + 1, loss=loss, lr=lr, grad_norm=grad_norm)
+    where = (f"the last good checkpoint is {s.last_saved} (step {s.last_saved_step})" if s.last_saved is not None
+             else "no checkpoint was written yet")
+    what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+    return TrainingDiverged(f"the {what} became {value} at step {s.step + 1} (lr {lr:.3g}): training stopped; {where}. "
+                            f"Try a lower lr, more warmup or a smaller grad_clip")
 
-    def save(self) -> None:
-        "A checkpoint of this step (every process takes part when the weights are sharded); timed for the budget."
-        from minillm.distributed import save_checkpoint_sharded
+def finish(run: Run, started: float) -> TrainResult:
+    "The end of a run: the log closed, the folder released, loss.png drawn, the closing sample (not after a preemption)."
+    s, sample = run.state, None
+    run.log.close()
+    if run.lock is not None:
+        run.lock.release()
+    if run.rank == 0:
+        try:
+            plot_metrics(run.run_dir / "metrics.csv", run.run_dir / "loss.png",
+                         title=f"{run.cfg.name}: {unwrap(run.model).num_params():,} parameters")
+        except Exception as e:  # a picture is never worth losing a run over
+            run.log.say(f"could not draw loss.png: {e}")
+    if run.tokenizer is not None and run.tcfg.sample_tokens > 0 and s.stopped_by != "preempted":
+        # every process samples: with sharded weights each forward pass needs all of them
+        sample = _sample(run.model, run.tokenizer, run.tcfg.sample_prompt, run.tcfg.sample_tokens, run.tcfg.seed)
+    return TrainResult(step=s.step, loss=s.loss, val_loss=s.val_loss, val_bpb=s.val_bpb, tokens=s.tokens,
+                       elapsed=run.budget.clock() - started, stopped_by=s.stopped_by, checkpoint=s.last_saved,
+                       metrics=run.run_dir / "metrics.csv" if run.rank == 0 else None, sample=sample)
 
-        b, s = self.budget, self.state
-        t = b.clock()
-        record = dict(schedule=asdict(s.schedule), loader=self.loader.state_dict(), tokens=s.tokens,
-                      val=dict(loss=s.val_loss, bpb=s.val_bpb), tokenizer=_tokenizer_record(self.tokenizer),
-                      world_size=self.world, n_params=unwrap(self.model).num_params(),
-                      saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        args = (self.run_dir, s.step, self.model, self.optimizer, record, self.cfg, self.tcfg, self.tokenizer)
-        path = save_checkpoint_sharded(*args) if self.world > 1 else save_checkpoint(*args)
-        b.save_s = b.clock() - t
-        s.last_saved, s.last_saved_step = (path if self.main else None), s.step
-
-    def out_of_time(self) -> bool:
-        """Before a step, with a time limit: every `REFIT_EVERY` steps, refit the schedule to the steps the time
-        still allows; True when the next step would eat into the time the end of the run needs. Every process
-        decides from the same numbers (the slowest step, the least time left)."""
-        from minillm.distributed import agree
-
-        b, s, tcfg = self.budget, self.state, self.tcfg
-        if b.limit is None or not b.step_times:
-            return False
-        step_s = b.step_time()
-        per_step = step_s + (b.eval_s / tcfg.eval_every if tcfg.eval_every else 0.0) + (
-            b.save_s / tcfg.save_every if tcfg.save_every else 0.0)
-        step_s, per_step, room = agree([step_s, per_step, -(b.left() - b.end_cost())], device=self.device)
-        room = -room
-        if room < step_s:
-            return True
-        remaining, fits = s.schedule.max_steps - s.step, math.floor(room / per_step)
-        due = len(b.step_times) >= b.RECENT and (not s.schedule.fitted or (len(b.step_times) - self.fitted_at) >= b.REFIT_EVERY)
-        changed = abs(fits - remaining) > b.REFIT_TOLERANCE * remaining
-        if due and (not s.schedule.fitted or (changed and (fits < remaining or s.step < s.schedule.max_steps / 2))):
-            old = s.schedule.max_steps
-            s.schedule.refit(s.step + fits, s.step)
-            self.fitted_at = len(b.step_times)
-            if s.schedule.max_steps != old:
-                self.say(f"time limit: {b.limit:.0f} s leaves room for about {fits} more steps of {per_step * 1000:.0f} "
-                         f"ms; the schedule now ends at step {s.schedule.max_steps} (was {old})")
-                if self.bar is not None:
-                    self.bar.total = s.schedule.max_steps
-                    self.bar.refresh()
-        return False
-
-    def diverged(self, loss: float, grad_norm: float, lr: float) -> TrainingDiverged:
-        "The error for a step whose loss or gradient norm is not finite (its row is logged first)."
-        s = self.state
-        if self.metrics:
-            self.metrics.write(step=s.step + 1, loss=loss, lr=lr, grad_norm=grad_norm)
-        where = (f"the last good checkpoint is {s.last_saved} (step {s.last_saved_step})" if s.last_saved is not None
-                 else "no checkpoint was written yet")
-        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
-        return TrainingDiverged(f"the {what} became {value} at step {s.step + 1} (lr {lr:.3g}): training stopped; "
-                                f"{where}. Try a lower lr, more warmup or a smaller grad_clip")
-
-    def close(self) -> None:
-        for part in (self.bar, self.metrics, self.trackers):
-            if part is not None:
-                part.close()
-        if self.lock is not None:
-            self.lock.release()
-
-    def result(self, started: float) -> TrainResult:
-        "The plot and the closing sample (not after a preemption, which must exit quickly), as a `TrainResult`."
-        s, sample = self.state, None
-        if self.main:
-            try:
-                plot_metrics(self.run_dir / "metrics.csv", self.run_dir / "loss.png",
-                             title=f"{self.cfg.name}: {unwrap(self.model).num_params():,} parameters")
-            except Exception as e:  # a picture is never worth losing a run over
-                self.say(f"could not draw loss.png: {e}")
-        if self.tokenizer is not None and self.tcfg.sample_tokens > 0 and s.stopped_by != "preempted":
-            # every process samples: with sharded weights each forward pass needs all of them
-            sample = _sample(self.model, self.tokenizer, self.tcfg.sample_prompt, self.tcfg.sample_tokens, self.tcfg.seed)
-        return TrainResult(step=s.step, loss=s.loss, val_loss=s.val_loss, val_bpb=s.val_bpb, tokens=s.tokens,
-                           elapsed=self.budget.clock() - started, stopped_by=s.stopped_by, checkpoint=s.last_saved,
-                           metrics=self.run_dir / "metrics.csv" if self.main else None, sample=sample)
+def _why_stopped(s: RunState, stop_at: int | None) -> str:
+    "How a loop that has left its `while` ended: preempted or out of time, `stop_at`, or its (maybe refit) schedule."
+    if s.stopped_by != "max_steps":
+        return s.stopped_by
+    if stop_at is not None and stop_at <= s.step < s.schedule.max_steps:
+        return "stop_at"
+    return "time_limit" if s.schedule.max_steps < s.schedule.planned_max_steps else "max_steps"
 
 # %% ../nbs/09_train.ipynb #b7f0a5c2
 def _check_data(cfg: LlamaConfig, seq_len: int, data: TokenDataset | Mixture, tokenizer) -> Mixture:
@@ -1003,8 +476,6 @@ def _resumable(run_dir: Path, cfg: LlamaConfig, mixture: Mixture) -> Checkpoint:
 
 def _restore(ckpt: Checkpoint, run: Run) -> None:
     "Load a checkpoint into a run: weights, optimizer, data position, schedule, state and random generators."
-    from minillm.distributed import load_checkpoint
-
     if ckpt.sharded or run.world > 1:  # saved by N processes, loaded by M: see 12_distributed
         load_checkpoint(ckpt, run.model, run.optimizer, run.device)
     else:
@@ -1036,8 +507,6 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     `budget` given (a `TimeBudget`, e.g. on another clock). `stop_at` ends this invocation after that step (evaluated
     and saved) as if interrupted, the schedule unchanged. A fresh run into a folder that holds another run is refused
     unless `overwrite` (see `claim_run_folder`)."""
-    from minillm.distributed import Preemption
-
     if budget is None:
         before = 0.0 if start_time is None else max(0.0, time.time() - start_time)  # e.g. preparing the data
         budget = TimeBudget(tcfg.time_limit, started=time.perf_counter() - before)
@@ -1045,45 +514,41 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     run = Run(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose, budget=budget,
               val_data=val_data, overwrite=overwrite)
     s, b, sched = run.state, run.budget, run.state.schedule
+    end = math.inf if stop_at is None else stop_at
     preempt = Preemption().install()  # SIGTERM (preemption, a job's time limit): save at the next step and stop
     try:
         if s.step == 0 and tcfg.eval_every > 0:
-            run.evaluate(row=True)
-        while s.step < min(sched.max_steps, math.inf if stop_at is None else stop_at):
-            if run.out_of_time():
+            evaluate_now(run, row=True)
+        while s.step < min(sched.max_steps, end):
+            if fit_schedule(b, s, tcfg, run.log.say, run.device):
                 s.stopped_by = "time_limit"
-                run.say(f"time limit: stopping at step {s.step} to leave time for evaluation and saving")
+                run.log.say(f"time limit: stopping at step {s.step} to leave time for evaluation and saving")
                 break
             t, lr = b.clock(), sched.lr_at(s.step)
             loss, grad_norm = train_step(run.model, run.optimizer, run.loader, s.step, lr, run.ctx, tcfg.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise run.diverged(loss, grad_norm, lr)
+                raise diverged(run, loss, grad_norm, lr)
             s.step, s.tokens, s.loss = s.step + 1, s.tokens + run.tokens_per_step, loss
             run.loader.step = s.step
             b.step_times.append(b.clock() - t)
             last = s.step >= sched.max_steps
             if last or (tcfg.eval_every > 0 and s.step % tcfg.eval_every == 0):
-                run.evaluate()
-            run.log(lr, grad_norm, b.step_times[-1])
+                evaluate_now(run)
+            log_step(run, lr, grad_norm, b.step_times[-1])
             if tcfg.save_every > 0 and s.step % tcfg.save_every == 0 and not last:
-                run.save()
+                save_now(run)
             if preempt.requested(run.device):
                 s.stopped_by = "preempted"
-                run.say(f"{preempt.received or 'SIGTERM on another process'}: saving at step {s.step} and stopping")
+                run.log.say(f"{preempt.received or 'SIGTERM on another process'}: saving at step {s.step} and stopping")
                 break
-        # --- the end: evaluate (unless this step just did; not when preempted, which must be quick), then save
-        if stop_at is not None and stop_at <= s.step < sched.max_steps:
-            s.stopped_by = "stop_at"
-        elif s.stopped_by == "max_steps" and sched.max_steps < sched.planned_max_steps:
-            s.stopped_by = "time_limit"  # the schedule was refit to end where the time runs out
-        if s.last_eval != s.step and s.stopped_by != "preempted":
-            run.evaluate(row=True)
+        s.stopped_by = _why_stopped(s, stop_at)
+        if s.last_eval != s.step and s.stopped_by != "preempted":  # preempted: only the checkpoint, quickly
+            evaluate_now(run, row=True)
         if s.last_saved_step != s.step:
-            run.save()
+            save_now(run)
     finally:
         preempt.uninstall()
-        run.close()
-    return run.result(started)
+    return finish(run, started)
 
 # %% ../nbs/09_train.ipynb #664091bc
 def tokenizer_for(specs: str | Iterable[str], vocab_size: int, cache_dir: str | Path, max_bytes: int = 4_000_000,
@@ -1158,13 +623,16 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     `stop_at` is passed on to `train`."""
     from minillm.tokenizer import Tokenizer
 
-    from minillm.distributed import barrier, current_env
-
     start_time = time.time() if start_time is None else start_time
     cache = Path(tcfg.out_dir) / "data"
     env = current_env(resolve_device(tcfg.device))
     if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first (maybe for hours); the others wait
         barrier(env, timeout_s=24 * 3600)
+    from minillm.data import parse_data
+
+    parse_data(tcfg.data)  # a missing file or a bad spec stops here, before the run folder is made
+    if tcfg.val_data:
+        parse_data(tcfg.val_data)
     lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
     try:
         if resume:

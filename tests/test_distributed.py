@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from minillm import checkpoint as C
 from minillm import distributed as D
+from minillm.config import TrainConfig
+from minillm.train import build_model
+from workers import train_worker
 from minillm.config import LlamaConfig
 from minillm.model import Llama
 from minillm.pretrain import mfu, peak_tflops
@@ -29,6 +33,12 @@ STEPS, STOP = 12, 6
 # 2 on each of two; a checkpoint only where a run stops
 RECIPE = dict(data=("builtin?max_bytes=300000",), max_steps=STEPS, global_batch=8, micro_batch=2, seq_len=64,
               warmup=3, eval_every=0, eval_batches=2, log_every=1, save_every=0, sample_tokens=0, device="cpu")
+
+
+def build(cfg, seed=0, ac="none", parallel="none"):
+    "The training model builder on this process's CPU, with the recipe fields the tests vary."
+    tcfg = TrainConfig(seed=seed, activation_checkpointing=ac, parallel=parallel, device="cpu")
+    return build_model(cfg, tcfg, torch.device("cpu"))
 
 
 def env():
@@ -62,7 +72,7 @@ def _one_thread():
 @pytest.mark.parametrize("tie", [False, True])
 def test_meta_build_equals_plain_init(tie):
     cfg = LlamaConfig.from_name("debug", tie_embeddings=tie)
-    model = D.build_model(cfg, seed=3)
+    model = build(cfg, seed=3)
     after = torch.get_rng_state()
     torch.manual_seed(3)
     ref = Llama(cfg)
@@ -79,7 +89,7 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory():
     y = torch.randint(0, cfg.vocab_size, (3, 48))
     grads, memory = {}, {}
     for mode in D.AC_MODES:
-        model = D.build_model(cfg, ac=mode, seed=1)
+        model = build(cfg, ac=mode, seed=1)
         memory[mode] = D.activation_memory(model, x, y)
         model(x, y).backward()
         grads[mode] = [p.grad for p in model.parameters()]
@@ -91,26 +101,26 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory():
 
 def test_bad_choices_are_one_clear_error():
     with pytest.raises(ValueError, match="not one of auto, none, ddp, fsdp"):
-        D.build_model(LlamaConfig.from_name("debug"), parallel="zero3")
+        build(LlamaConfig.from_name("debug"), parallel="zero3")
     with pytest.raises(ValueError, match="needs a process group"):
-        D.build_model(LlamaConfig.from_name("debug"), parallel="ddp")
+        build(LlamaConfig.from_name("debug"), parallel="ddp")
     with pytest.raises(ValueError, match="not one of none, selective, full"):
-        D.build_model(LlamaConfig.from_name("debug"), ac="some")
+        build(LlamaConfig.from_name("debug"), ac="some")
     with pytest.raises(ValueError, match="must be a positive integer"):
         D.spawn(print, 0)
 
 
 def test_sharded_checkpoint_round_trip_and_safe_metadata(tmp_path):
     cfg = LlamaConfig.from_name("debug")
-    model = D.build_model(cfg, seed=0)
+    model = build(cfg, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     model(x, x).backward()
     opt.step()
-    D.save_sharded(tmp_path / "ck", model, opt)
-    other = D.build_model(cfg, seed=5)
+    C.save_sharded(tmp_path / "ck", model, opt)
+    other = build(cfg, seed=5)
     opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
-    D.load_sharded(tmp_path / "ck", other, opt2)
+    C.load_sharded(tmp_path / "ck", other, opt2)
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     assert opt2.param_groups[0]["betas"] == (0.9, 0.95)
@@ -119,9 +129,9 @@ def test_sharded_checkpoint_round_trip_and_safe_metadata(tmp_path):
     meta = tmp_path / "ck" / ".metadata"
     meta.write_bytes(pickle.dumps(os.system))
     with pytest.raises(ValueError, match="refusing"):
-        D.load_sharded(tmp_path / "ck", other)
+        C.load_sharded(tmp_path / "ck", other)
     with pytest.raises(FileNotFoundError, match="no .metadata"):
-        D.load_sharded(tmp_path, other)
+        C.load_sharded(tmp_path, other)
 
 
 def test_preemption_flag_and_requeue(tmp_path, monkeypatch):
@@ -167,9 +177,9 @@ def single(tmp_path_factory):
     "The reference: one process, 12 steps, stopped (and checkpointed) after step 6 and resumed."
     base = tmp_path_factory.mktemp("runs")
     out = run_dir(base, "single")
-    first = D.train_worker("debug", dict(RECIPE, out_dir=str(out)), stop_at=STOP)
+    first = train_worker("debug", dict(RECIPE, out_dir=str(out)), stop_at=STOP)
     shutil.copytree(out, base / "single-at-6")
-    rest = D.train_worker("debug", dict(RECIPE, out_dir=str(out)), resume=True)
+    rest = train_worker("debug", dict(RECIPE, out_dir=str(out)), resume=True)
     assert first["stopped_by"] == "stop_at" and rest["step"] == STEPS
     return base, {**first["losses"], **rest["losses"]}
 
@@ -179,7 +189,7 @@ def test_fsdp_ddp_and_resharding_keep_the_losses(single):
     cache = base / "single"
     # FSDP2 on 2 processes with selective checkpointing: the same first 6 losses; a sharded checkpoint at 6
     fsdp = run_dir(base, "fsdp", cache)
-    a = D.spawn(D.train_worker, 2, "debug", dict(RECIPE, out_dir=str(fsdp), parallel="fsdp",
+    a = D.spawn(train_worker, 2, "debug", dict(RECIPE, out_dir=str(fsdp), parallel="fsdp",
                                                 activation_checkpointing="selective"), stop_at=STOP,
                 checkpoint_weights=True)[0]
     assert a["world_size"] == 2 and sorted(a["losses"]) == list(range(1, STOP + 1))
@@ -188,7 +198,7 @@ def test_fsdp_ddp_and_resharding_keep_the_losses(single):
     assert (ckpt / ".metadata").is_file() and (ckpt / "__1_0.distcp").is_file()
 
     # saved on 2, loaded on 1: the very weights the 2 processes load
-    from minillm.train import Checkpoint
+    from minillm.checkpoint import Checkpoint
 
     plain = Llama(LlamaConfig.from_name("debug"))
     Checkpoint(fsdp).load_model(plain)
@@ -198,13 +208,13 @@ def test_fsdp_ddp_and_resharding_keep_the_losses(single):
     # ... and resumed on 1 (FSDP shards → a plain model): steps 7-12 as if never interrupted
     one = run_dir(base, "fsdp-on-1")
     shutil.copytree(fsdp, one)
-    r1 = D.train_worker("debug", dict(RECIPE, out_dir=str(one)), resume=True)
+    r1 = train_worker("debug", dict(RECIPE, out_dir=str(one)), resume=True)
     close(r1["losses"], ref, range(STOP + 1, STEPS + 1))
 
     # ... and on 2 with DDP (full activation checkpointing): the same again
     ddp = run_dir(base, "fsdp-on-ddp")
     shutil.copytree(fsdp, ddp)
-    b = D.spawn(D.train_worker, 2, "debug", dict(RECIPE, out_dir=str(ddp), parallel="ddp",
+    b = D.spawn(train_worker, 2, "debug", dict(RECIPE, out_dir=str(ddp), parallel="ddp",
                                                 activation_checkpointing="full"), resume=True)[0]
     assert max(b["losses"]) == STEPS and b["world_size"] == 2
     close(b["losses"], ref, range(STOP + 1, STEPS + 1))
@@ -214,7 +224,7 @@ def test_single_process_checkpoint_resumes_sharded(single):
     base, ref = single
     out = base / "single-on-fsdp"
     shutil.copytree(base / "single-at-6", out)
-    c = D.spawn(D.train_worker, 2, "debug", dict(RECIPE, out_dir=str(out), parallel="fsdp"), resume=True)[0]
+    c = D.spawn(train_worker, 2, "debug", dict(RECIPE, out_dir=str(out), parallel="fsdp"), resume=True)[0]
     close(c["losses"], ref, range(STOP + 1, STEPS + 1))
     assert (out / "checkpoints" / f"step-{STEPS:07d}" / ".metadata").is_file()
 
@@ -283,7 +293,7 @@ def test_sigterm_checkpoints_and_requeues(tmp_path):
         if p.poll() is None:
             p.kill()
     assert "saving at step" in log, log[-3000:]
-    from minillm.train import Checkpoint
+    from minillm.checkpoint import Checkpoint
 
     ck = Checkpoint(out)
     assert ck.sharded and 0 < ck.step < 5000

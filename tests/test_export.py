@@ -440,7 +440,8 @@ def test_load_gguf_errors(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(bpe, tmp_path_factory):
     """A training run folder as `minillm train` leaves it, holding a checkpoint with its tokenizer."""
-    from minillm.train import TrainConfig, save_checkpoint
+    from minillm.checkpoint import save_checkpoint
+    from minillm.config import TrainConfig
 
     run = tmp_path_factory.mktemp("run")
     model = small_model()

@@ -165,7 +165,8 @@ def test_tinyllama_packed_size_counted_by_hand():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     "A debug-preset run trained for a few steps: a checkpoint with its tokenizer and training data."
-    from minillm.train import TrainConfig, train_run
+    from minillm.config import TrainConfig
+    from minillm.train import train_run
 
     out = tmp_path_factory.mktemp("run")
     tcfg = TrainConfig.from_preset("debug", out_dir=str(out), data=("builtin?max_bytes=80000",), tokenizer_bytes=80_000,

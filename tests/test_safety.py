@@ -21,11 +21,14 @@ import pytest
 import torch
 
 import minillm.train as T
-from minillm import distributed as D
+from minillm import checkpoint as C
 from minillm.cli import main
 from minillm.config import LlamaConfig
 from minillm.data import builtin_corpus
-from minillm.train import Checkpoint, MetricsLog, TrainConfig, load_model, prepare_data, tokenizer_for, train
+from minillm.checkpoint import Checkpoint, load_model
+from minillm.config import TrainConfig
+from minillm.metrics import MetricsLog
+from minillm.train import prepare_data, tokenizer_for, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = LlamaConfig.from_name("debug")
@@ -162,13 +165,13 @@ def test_the_reported_exploit_through_the_commands(corpus, run, tmp_path, capsys
 
 def test_a_real_sharded_checkpoint_still_loads(tmp_path):
     cfg = LlamaConfig.from_name("debug")
-    model = D.build_model(cfg, seed=0)
+    model = T.build_model(cfg, TrainConfig(seed=0, device="cpu"), torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randint(0, 512, (2, 8)), torch.randint(0, 512, (2, 8))).backward()
     opt.step()
-    D.save_sharded(tmp_path / "ck", model, opt)
-    other = D.build_model(cfg, seed=1)
-    D.load_sharded(tmp_path / "ck", other, torch.optim.AdamW(other.parameters(), lr=1e-3))
+    C.save_sharded(tmp_path / "ck", model, opt)
+    other = T.build_model(cfg, TrainConfig(seed=1, device="cpu"), torch.device("cpu"))
+    C.load_sharded(tmp_path / "ck", other, torch.optim.AdamW(other.parameters(), lr=1e-3))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
 

@@ -23,7 +23,10 @@ from minillm.config import LlamaConfig
 from minillm.data import (Loader, Splitter, TokenDataset, builtin_corpus, fit_micro_batch, local_documents, permute,
                           prepare, training_documents)
 from minillm.pretrain import activation_elements, plan_run
-from minillm.train import Checkpoint, MetricsLog, TimeBudget, TrainConfig, load_model, prepare_data, tokenizer_for, train
+from minillm.checkpoint import Checkpoint, load_model
+from minillm.config import TrainConfig
+from minillm.metrics import MetricsLog
+from minillm.train import TimeBudget, prepare_data, tokenizer_for, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = LlamaConfig.from_name("debug")

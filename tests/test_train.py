@@ -12,8 +12,10 @@ from torch import nn
 import minillm.train as T
 from minillm.config import LlamaConfig
 from minillm.data import Loader, builtin_corpus
-from minillm.train import (Checkpoint, MetricsLog, TrainConfig, TrainingDiverged, find_checkpoint, load_model, lr_at,
-                           param_groups, prepare_data, save_checkpoint, tokenizer_for, train)
+from minillm.checkpoint import Checkpoint, find_checkpoint, load_model, save_checkpoint
+from minillm.config import TrainConfig
+from minillm.metrics import MetricsLog
+from minillm.train import TrainingDiverged, lr_at, param_groups, prepare_data, tokenizer_for, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = LlamaConfig.from_name("debug")
