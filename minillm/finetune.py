@@ -27,9 +27,9 @@ from .files import publish_dir, temp_dir
 from .generate import generate
 from .hf import to_hf_name
 from .model import Llama
-from .quantize import QuantLinear, quantize_weight
+from .quantize import QuantEmbedding, QuantLinear, quantize_weight
 from .tokenizer import Tokenizer
-from .train import lr_at
+from .train import TrainingDiverged, lr_at
 
 # %% auto #0
 __all__ = ['CHAT_ROLES', 'LORA_TARGETS', 'ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'FINETUNE_METHODS', 'FINETUNE_DTYPES',
@@ -239,9 +239,6 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         "Take the update back out of the base weight."
         self.merge(False)
-
-    def extra_repr(self) -> str:
-        return f"rank={self.lora_A.shape[0]}, scale={self.scale:g}, merged={self.merged}"
 
 # %% ../nbs/21_finetune.ipynb #60f82448
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -464,6 +461,8 @@ def prepare_model(model: Llama, cfg: FinetuneConfig, device: torch.device | str 
     """Make `model` ready to fine-tune by `cfg.method`, in place, on `device`, and return the parameters to train:
     every weight (full), or float32 adapters around the target matrices of a base frozen in `cfg.dtype` (lora), whose
     block matrices are first stored in 4 bits (qlora: `quantize_blocks`)."""
+    if any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules()):
+        raise ValueError("this model is quantized: fine-tune its full-precision checkpoint (QLoRA quantizes it itself)")
     model.to(device=device, dtype=FINETUNE_DTYPES[cfg.dtype])
     if cfg.method == "full":
         for p in model.parameters():
@@ -591,7 +590,7 @@ def finetune(model: Llama, tokenizer: Tokenizer, conversations: list[list[dict]]
         batch = [train_ex[i] for i in batch_indices(len(train_ex), step, cfg.batch_size, cfg.seed)]
         loss, n = finetune_step(model, optimizer, batch, cfg.micro_batch, lr, cfg.grad_clip, device)
         if not math.isfinite(loss):
-            raise RuntimeError(f"the loss became {loss} at step {step}: lower the learning rate (now {lr:.2e})")
+            raise TrainingDiverged(f"the loss became {loss} at step {step}: lower the learning rate (now {lr:.2e})")
         history.append(dict(step=step, loss=loss, lr=lr, tokens=n))
         if log and (step % log_every == 0 or step == steps - 1):
             log(f"step {step}/{steps}: loss {loss:.4f} on {n} assistant tokens, lr {lr:.2e}")

@@ -243,6 +243,10 @@ def test_qlora_base_is_4bit_and_its_backward_matches(base):
     assert all(isinstance(m.base, Linear4bit) for m in lora_layers(model).values()) and len(lora_layers(model)) == 14
     # what is left in float: the adapters, the embedding and head, the norms
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in params) + 400 * 64 * 2 + 64 * 5
+    from minillm.quantize import quantize_model
+
+    with pytest.raises(ValueError, match="fine-tune its full-precision checkpoint"):  # not an already quantized one
+        prepare_model(quantize_model(fresh(base), 4, 32), FinetuneConfig())
 
 
 def test_qlora_finetune_merges_into_the_full_precision_base(chats, tokenizers, base, tmp_path):
