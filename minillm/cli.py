@@ -14,7 +14,8 @@ from pathlib import Path
 import minillm
 
 # %% auto #0
-__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'build_parser', 'main', 'console']
+__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_prepare', 'build_parser',
+           'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:

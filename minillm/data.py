@@ -35,9 +35,9 @@ from .files import publish_dir, temp_dir
 # %% auto #0
 __all__ = ['STDLIB_SKIP_DIRS', 'CORPUS_KINDS', 'HF_DATASETS', 'SOURCE_OPTIONS', 'MIXTURES', 'FORMAT', 'stdlib_root',
            'stdlib_files', 'docstrings', 'help_topics', 'Document', 'limit_documents', 'builtin_corpus',
-           'text_sections', 'local_fingerprint', 'local_documents', 'hf_documents', 'Source', 'parse_data',
-           'shard_dtype', 'Splitter', 'training_documents', 'encode_documents', 'prepare', 'TokenDataset', 'Mixture',
-           'prepare_mixture', 'permute', 'fit_micro_batch', 'Loader', 'EvalSet']
+           'text_sections', 'local_fingerprint', 'local_files', 'local_documents', 'hf_dataset', 'hf_documents',
+           'Source', 'parse_data', 'shard_dtype', 'Splitter', 'training_documents', 'encode_documents', 'prepare',
+           'TokenDataset', 'Mixture', 'prepare_mixture', 'permute', 'fit_micro_batch', 'Loader', 'EvalSet']
 
 # %% ../nbs/02_data.ipynb #c8efbff8
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"})

@@ -36,7 +36,7 @@ __all__ = ['TRAIN_PRESETS', 'DTYPES', 'CHECKPOINT_FORMAT', 'METRICS_COLUMNS', 'R
            'build_model', 'unwrap', 'dist_info', 'global_sum', 'global_mean', 'evaluate', 'save_checkpoint',
            'find_checkpoint', 'Checkpoint', 'load_model', 'MetricsLog', 'plot_metrics', 'Trackers', 'TrainingDiverged',
            'TrainResult', 'Schedule', 'TimeBudget', 'RunState', 'train_step', 'claim_run_folder', 'Run', 'train',
-           'tokenizer_for', 'prepare_data', 'train_run']
+           'train_run']
 
 # %% ../nbs/09_train.ipynb #250ac578
 TRAIN_PRESETS: dict[str, dict] = {

@@ -307,3 +307,51 @@ def test_prepare_command_line_errors(work, tmp_path, capsys):
     err = error(["prepare", "--data", str(tmp_path / "o"), "--tokenizer", str(work / "tok.bpe.json"), "--out",
                  str(tmp_path / "other")])
     assert "is already prepared (tokens, not text)" in err
+
+
+# ------------------------------------------------------------------------------------------- a real Slurm
+
+
+@pytest.mark.integration
+def test_slurm_array_prepares_then_merges(work, tmp_path):
+    """examples/slurm/prepare.sbatch on a one-node Slurm (examples/slurm/local-cluster.sh: root, apt): a job array of
+    three tasks prepares a two-source mixture, a job that depends on it merges, and the result holds exactly what a
+    single pass makes of each source."""
+    import time
+
+    from minillm.tokenizer import Tokenizer
+
+    assert os.geteuid() == 0, "this test installs and starts Slurm: run it as root"
+    subprocess.run(["bash", str(ROOT / "examples/slurm/local-cluster.sh")], check=True, capture_output=True)
+    script = (ROOT / "examples/slurm/prepare.sbatch").read_text()
+    for old, new in (("--cpus-per-task=64", f"--cpus-per-task={os.cpu_count()}"), ("--time=12:00:00", "--time=20:00"),
+                     ("--job-name=minillm-prepare", "--job-name=minillm-prepare-test\n#SBATCH --partition=low")):
+        assert old in script, old
+        script = script.replace(old, new)
+    job_file = tmp_path / "prepare.sbatch"
+    job_file.write_text(script)
+    out = tmp_path / "prepared"
+    e = dict(env(), DATA=f"{work / 'corpus' / 'lib'}@0.7 {work / 'corpus' / 'rows.jsonl'}@0.3",
+             TOKENIZER=str(work / "tok.bpe.json"), OUT=str(out), WORKERS="1",
+             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def sbatch(*args):
+        return subprocess.run(["sbatch", "--parsable", *map(str, args)], cwd=tmp_path, env=e, capture_output=True,
+                              text=True, check=True).stdout.strip().split(";")[0]
+
+    array = sbatch("--array=0-2", job_file)
+    merge = sbatch(f"--dependency=afterok:{array}", job_file, "merge")
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (out / "prepared.json").exists():
+            time.sleep(2)
+        logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("minillm-prepare-test-*.out")))
+        assert (out / "prepared.json").exists(), logs[-4000:]
+    finally:
+        subprocess.run(["scancel", array, merge], capture_output=True)
+    assert "task 0 of 3" in logs and "task 2 of 3" in logs and "merging the pieces" in logs, logs[-4000:]
+    info = json.loads((out / "prepared.json").read_text())
+    assert [d["weight"] for d in info["datasets"]] == [0.7, 0.3]
+    tok = Tokenizer.load(work / "tok.bpe.json")
+    for d, source in zip(info["datasets"], ("lib", "rows.jsonl")):
+        same_tokens(out / d["folder"], reference(work / "corpus" / source, tok, tmp_path / f"ref-{source}"))
