@@ -232,7 +232,8 @@ def xy(fn):
 @_exercise
 def split_files(fn):
     """Check `fn(sizes, n) -> [(start, stop), ...]`: `n` contiguous groups of files of about equal bytes, each ending
-    just after the file where the running total reaches its share, none empty, against `minillm.prepare.split_files`."""
+    at the file boundary nearest to where the running total reaches its share, none empty, against
+    `minillm.prepare.split_files`."""
     from minillm.prepare import split_files
 
     cases = [(f"sizes={s}, n={n}", (s, n)) for s, n in [([5, 1, 1, 1, 1, 1], 2), ([1] * 6, 3), ([100, 0, 0], 3),

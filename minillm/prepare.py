@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import os
 import pickle
 import re
@@ -28,7 +29,7 @@ from .files import check_writable, publish_dir, temp_dir, write_atomic
 
 # %% auto #0
 __all__ = ['PIECE_BYTES', 'HF_MAX_PIECES', 'SETTINGS', 'PLAN_FORMAT', 'PREPARED_FORMAT', 'PREPARED_FILE', 'split_files', 'Piece',
-           'plan_pieces', 'first_units', 'prepare_sources', 'merge_parts', 'merge_prepared', 'is_prepared',
+           'plan_pieces', 'first_units', 'is_prepared', 'prepare_sources', 'merge_parts', 'merge_prepared',
            'prepared_datasets', 'prepared_tokenizer', 'check_trainable', 'tokenizer_for', 'prepare_data',
            'data_fingerprint', 'agree_on_data', 'projected_hours']
 
@@ -42,13 +43,15 @@ PREPARED_FILE = "prepared.json"  # written last: a folder holding it is complete
 # %% ../nbs/02b_prepare.ipynb #c0a1e003
 def split_files(sizes: list[int], n: int) -> list[tuple[int, int]]:
     """`n` contiguous groups of files, as (start, stop) indices into `sizes` (bytes per file), each of about
-    `sum(sizes) / n` bytes: group k ends just after the file where the running total reaches (k + 1) / n of the
-    whole, and every group keeps at least one file."""
+    `sum(sizes) / n` bytes: group k ends at the file boundary nearest to where the running total reaches (k + 1) / n
+    of the whole, and every group keeps at least one file."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(sizes):
         raise ValueError(f"n={n!r}: {len(sizes)} files make 1 to {len(sizes)} groups")
     running, total, bounds = list(itertools.accumulate(sizes)), sum(sizes), [0]
     for k in range(1, n):
-        stop = bisect.bisect_left(running, total * k / n) + 1
+        target = total * k / n
+        i = bisect.bisect_left(running, target)  # the file whose running total reaches the target: cut before or after it
+        stop = i + 1 if running[i] - target <= target - (running[i - 1] if i else 0) else i
         bounds.append(min(max(stop, bounds[-1] + 1), len(sizes) - (n - k)))
     return list(zip(bounds, bounds[1:] + [len(sizes)]))
 
@@ -196,6 +199,15 @@ def _read_json(path: Path) -> dict | None:
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
 
+def is_prepared(path: str | Path) -> bool:
+    "Whether `path` is a folder of tokens (made by `minillm prepare`, or by `prepare`), finished or not, rather than text."
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / PREPARED_FILE).is_file() or (path / "parts" / "plan.json").is_file():
+        return True
+    return (_read_json(path / "manifest.json") or {}).get("format") == FORMAT
+
 def _tokenizer_and_payload(tokenizer) -> tuple:
     "The tokenizer object, and what a worker process is given to get it: its file's path, or the object pickled."
     from minillm.tokenizer import Tokenizer
@@ -210,7 +222,9 @@ def _request(sources: list[Source], tok, settings: dict, max_tokens: int | None)
                 vocab_size=int(tok.vocab_size), settings=settings, max_tokens=max_tokens)
 
 def _slug(i: int, source: Source) -> str:
-    return f"{i:02d}-" + (re.sub(r"[^A-Za-z0-9]+", "-", source.spec).strip("-")[-40:] or "data")
+    "A source's folder name: its number, then its name (a path's last part)."
+    name = Path(source.target).name + source.spec[len(source.target):] if source.kind == "local" else source.spec
+    return f"{i:02d}-" + (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[-40:] or "data")
 
 def _plan(sources, tok, settings, max_tokens, num_shards, piece_bytes) -> tuple[dict, list]:
     "The plan every task must share (written to `parts/plan.json`), and each source's pieces and first units."
@@ -430,15 +444,6 @@ def merge_prepared(dirs: Iterable[str | Path], out_dir: str | Path | None = None
     return prepared
 
 # %% ../nbs/02b_prepare.ipynb #c0a1e013
-def is_prepared(path: str | Path) -> bool:
-    "Whether `path` is a folder of tokens (made by `minillm prepare`, or by `prepare`), finished or not, rather than text."
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    if (path / PREPARED_FILE).is_file() or (path / "parts" / "plan.json").is_file():
-        return True
-    return (_read_json(path / "manifest.json") or {}).get("format") == FORMAT
-
 def prepared_datasets(path: str | Path, split: str = "train", tokenizer=None) -> list[tuple[TokenDataset, float]]:
     """The `split` of each dataset in a folder made by `minillm prepare`, with its weight; a token folder made by
     `prepare` is one dataset of weight 1. Checked against `tokenizer` when given."""
@@ -590,6 +595,6 @@ def projected_hours(text_bytes: float, bytes_per_s_per_core: float, cores: int, 
     scaled by the parallel `efficiency` (the measured speed-up of K workers over one, divided by K)."""
     for name, v in dict(text_bytes=text_bytes, bytes_per_s_per_core=bytes_per_s_per_core, cores=cores, nodes=nodes,
                         efficiency=efficiency).items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0 or not math.isfinite(v):
             raise ValueError(f"{name}={v!r} must be a positive number")
     return text_bytes / (bytes_per_s_per_core * cores * nodes * efficiency) / 3600

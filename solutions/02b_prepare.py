@@ -9,7 +9,9 @@ def split_files(sizes, n):
         raise ValueError(f"{len(sizes)} files make 1 to {len(sizes)} groups, not {n}")
     running, total, bounds = list(itertools.accumulate(sizes)), sum(sizes), [0]
     for k in range(1, n):
-        stop = bisect.bisect_left(running, total * k / n) + 1  # just after the file that reaches k/n of the bytes
+        target = total * k / n
+        i = bisect.bisect_left(running, target)  # the file that reaches k/n of the bytes
+        stop = i + 1 if running[i] - target <= target - (running[i - 1] if i else 0) else i  # the nearer boundary
         bounds.append(min(max(stop, bounds[-1] + 1), len(sizes) - (n - k)))  # one file at least, here and after
     return list(zip(bounds, bounds[1:] + [len(sizes)]))
 
