@@ -166,6 +166,45 @@ def test_rows_and_hugging_face_data_files_and_worker_processes(work, tmp_path):
     same_tokens(tmp_path / "pool" / pool["datasets"][0]["folder"], reference(work / "corpus", tok, tmp_path / "pool-ref"))
 
 
+def test_pieces_on_two_disks_merge_into_a_third_folder(work, tmp_path, capsys):
+    """Tasks that wrote to their own nodes' disks: `--merge A B --out C` joins the pieces of both."""
+    from minillm.cli import main
+    from minillm.tokenizer import Tokenizer
+
+    for i, disk in enumerate(("a", "b")):
+        assert main(["prepare", "--data", str(work / "corpus" / "lib"), "--tokenizer", str(work / "tok.bpe.json"),
+                     "--out", str(tmp_path / disk), "--num-shards", "2", "--shard-index", str(i), "--num-workers", "0",
+                     "--no-progress"]) == 0
+    assert main(["prepare", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--no-progress"]) == 2
+    assert "say where the result goes with --out" in capsys.readouterr().err
+    assert main(["prepare", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
+    info = json.loads((tmp_path / "c" / "prepared.json").read_text())
+    tok = Tokenizer.load(work / "tok.bpe.json")
+    same_tokens(tmp_path / "c" / info["datasets"][0]["folder"], reference(work / "corpus" / "lib", tok, tmp_path / "r"))
+
+
+def test_max_tokens_keeps_the_first_documents_up_to_the_count(work, tmp_path, capsys):
+    """`--max-tokens 2e4`: the documents of the stream, in order, up to the one that reaches 20,000 tokens; counted
+    here by encoding the documents one by one."""
+    from minillm.cli import main
+    from minillm.data import Source
+    from minillm.tokenizer import Tokenizer
+
+    assert main(["prepare", "--data", str(work / "corpus"), "--tokenizer", str(work / "tok.bpe.json"), "--out",
+                 str(tmp_path / "o"), "--max-tokens", "2e4", "--num-workers", "0", "--no-progress"]) == 0
+    tok, total, kept = Tokenizer.load(work / "tok.bpe.json"), 0, collections.Counter()
+    for doc in Source.parse(str(work / "corpus")).documents():
+        if doc.text and total < 20_000:
+            ids = tok.encode(doc.text, bos=True, eos=True)
+            total += len(ids)
+            kept[tuple(ids)] += 1
+    info = json.loads((tmp_path / "o" / "prepared.json").read_text())
+    folder = tmp_path / "o" / info["datasets"][0]["folder"]
+    assert info["datasets"][0]["tokens"] == total >= 20_000
+    assert documents(folder, "train") + documents(folder, "val") == kept
+
+
 # ------------------------------------------------------------------------------------------- resume
 
 
