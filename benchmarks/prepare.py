@@ -1,6 +1,6 @@
 """`minillm prepare` throughput with 1 and 2 worker processes, and what it projects for TinyLlama's data.
 
-    python benchmarks/prepare.py --json benchmarks/results/prepare.json      # defaults: --copies 2 --repeats 3
+    python benchmarks/prepare.py --json benchmarks/results/prepare.json      # defaults: --copies 4 --repeats 3
 
 The corpus is this Python's standard library as `minillm.data.builtin_corpus` gives it (code and docstrings), written
 `--copies` times as text files into a temporary folder, the way corpora come (SlimPajama is 59,166 files). Each
@@ -101,7 +101,7 @@ def one_run(corpus: Path, tok: Path, out: Path, workers: int, piece_bytes: int) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--copies", type=int, default=2, help="copies of the standard library corpus (~12.6 MB each)")
+    ap.add_argument("--copies", type=int, default=4, help="copies of the standard library corpus (~12.6 MB each)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pieces", type=int, default=16)
     ap.add_argument("--json", help="write the figures here")

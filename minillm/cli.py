@@ -339,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quant", help="q8_0: 8-bit GGUF weights (gguf only)")
     s.add_argument("--force", action="store_true", help="replace an existing --out")
     s.set_defaults(func=cmd_export)
-
     _add_prepare_parser(sub)
     return p
 
