@@ -230,7 +230,10 @@ def test_an_interrupted_preparation_goes_on_from_its_finished_pieces(work, tmp_p
     assert not (out / "prepared.json").exists() and not (out / plan["slug"]).exists()
     kept = {(out / "parts" / plan["slug"] / n / "train-00000.bin").stat().st_ino for n in finished}
     (corpus / "zz.jsonl").write_text('{"text": "fine"}\n{"text": "oops"}\n')  # fixed (the same size)
+    killed = out / "parts" / plan["slug"] / ".piece-00002-of-00003.x1y2.tmp"  # what a run killed midway leaves
+    killed.mkdir()
     info = prepare_sources(str(corpus), tok, out, **kw)
+    assert not killed.exists()
     merged = out / info["datasets"][0]["folder"]
     shards = json.loads((merged / "manifest.json").read_text())["splits"]["train"]["shards"]
     assert kept <= {(merged / s["file"]).stat().st_ino for s in shards}  # the same files, linked, not made again
