@@ -28,13 +28,13 @@ from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_no
 from .kernels.switch import apply_kernels, describe_kernels
 from .metrics import RunLog, plot_metrics
 from .model import Llama
+from .prepare import agree_on_data, check_trainable, data_fingerprint, prepare_data, prepared_tokenizer, tokenizer_for
 from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 
 # %% auto #0
 __all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
            'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
-           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'tokenizer_for', 'prepare_data',
-           'train_run']
+           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'train_run']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -550,107 +550,51 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
         preempt.uninstall()
     return finish(run, started)
 
-# %% ../nbs/09_train.ipynb #664091bc
-def tokenizer_for(specs: str | Iterable[str], vocab_size: int, cache_dir: str | Path, max_bytes: int = 4_000_000,
-                  verbose: bool = True):
-    """A byte-level BPE tokenizer of `vocab_size` ids trained on the first `max_bytes` of the training text of the data
-    sources `specs` (each source by its weight; validation units are never seen), cached in `cache_dir`: a second call
-    with the same arguments loads it."""
-    from minillm.data import parse_data, training_documents
+# %% ../nbs/09_train.ipynb #b522035f
+def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, progress: bool, verbose: bool) -> tuple:
+    """The run's tokenizer (resumed, given, kept with prepared data, cached or trained) and its training and
+    evaluation data (`prepare_data`: prepared folders as they are, small sources tokenized into `out_dir/data/`)."""
     from minillm.tokenizer import Tokenizer
 
-    sources = parse_data(specs)
-    key = json.dumps([[s.describe(), s.weight, "train-split"] for s in sources] + [vocab_size, max_bytes])
-    path = Path(cache_dir) / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.bpe.json"
-    if path.is_file():
-        return Tokenizer.load(path)
-    texts = []
-    for s in sources:
-        budget = max(1, int(max_bytes * s.weight))
-        for doc in training_documents(s.documents()):
-            if budget <= 0:
-                break
-            text = doc.text.encode("utf-8", "replace")[:budget].decode("utf-8", "ignore")
-            if text:
-                texts.append(text)
-                budget -= len(text.encode("utf-8"))
-    if not texts:
-        raise ValueError(f"empty corpus: {', '.join(s.spec for s in sources)} holds no text to train a tokenizer on")
-    if verbose:
-        print(f"training a {vocab_size}-token BPE tokenizer on {sum(map(len, texts)) / 1e6:.1f} MB of text")
-    try:
-        tok = Tokenizer.train(texts, vocab_size)
-    except ValueError as e:
-        m = re.search(r"ran out of pairs to merge at (\d+) tokens", str(e))
-        if not m:
-            raise
-        n = int(m.group(1))  # a tiny text has fewer distinct pairs than the vocabulary asks for: take them all
-        if verbose:
-            print(f"the text only supports {n + 2} tokens: the tokenizer gets those (the model keeps vocab_size={vocab_size})")
-        tok = Tokenizer.train(texts, n + 2)
-    tok.save(path)
-    return tok
+    cache = Path(tcfg.out_dir) / "data"
+    tokenizer = None
+    if resume:
+        tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
+    elif tcfg.tokenizer is not None:
+        tokenizer = Tokenizer.load(tcfg.tokenizer)
+    if tokenizer is None:
+        tokenizer = prepared_tokenizer(tcfg.data) or tokenizer_for(tcfg.data, cfg.vocab_size, cache,
+                                                                   tcfg.tokenizer_bytes, verbose=verbose)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                         f"{cfg.vocab_size}: token ids would fall outside the embedding")
+    data = prepare_data(tcfg.data, tokenizer, cache, progress=progress)
+    val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress, held_out=True) if tcfg.val_data else None
+    return tokenizer, data, val
 
-# %% ../nbs/09_train.ipynb #796d1075
-def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, progress: bool = True,
-                 held_out: bool = False) -> Mixture:
-    """Tokenize the data sources `specs` with `tokenizer` into packed shards under `cache_dir` (reused when they
-    exist) and return the training `Mixture` (each source's `val` split is its evaluation text). `held_out=True`
-    prepares text kept for evaluation only: every document goes to the val split."""
-    from minillm.data import parse_data, prepare
-
-    parts = []
-    for s in parse_data(specs):
-        recipe = json.dumps([s.describe(), str(tokenizer.fingerprint), "units", held_out])
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", s.spec).strip("-")[-40:] or "data"
-        folder = Path(cache_dir) / f"{'val' if held_out else 'tokens'}-{slug}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-        try:
-            prepare(s, tokenizer, folder, num_workers=0, progress=progress, only="val" if held_out else None)
-        except ValueError as e:
-            if str(e).startswith("no training documents"):
-                raise ValueError(f"{s.spec}: too little text to hold some out for validation (every piece went to the "
-                                 f"val split); give more text, a few kilobytes at least") from None
-            raise
-        parts.append((TokenDataset(folder, "val" if held_out else "train", tokenizer=tokenizer), s.weight))
-    return Mixture(parts)
-
-# %% ../nbs/09_train.ipynb #b522035f
 def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, progress: bool = True,
               verbose: bool = True, start_time: float | None = None, stop_at: int | None = None,
               overwrite: bool = False) -> TrainResult:
-    """The whole job behind `minillm train`: the run folder claimed (`claim_run_folder`), the tokenizer (given,
-    resumed, cached or trained), data, then `train`. The tokenizer and token shards are cached in `out_dir/data/`.
-    `stop_at` is passed on to `train`."""
-    from minillm.tokenizer import Tokenizer
-
+    """The whole job behind `minillm train`: the run folder claimed (`claim_run_folder`), the tokenizer and the data
+    (`_run_data`), then `train`. Small sources are tokenized into `out_dir/data/` on rank 0 while the other ranks wait;
+    a whole Hugging Face dataset is refused on every rank before anyone waits (`minillm prepare` prepares it first).
+    Every rank then checks that all see the same data (`agree_on_data`). `stop_at` is passed on to `train`."""
     start_time = time.time() if start_time is None else start_time
-    cache = Path(tcfg.out_dir) / "data"
+    check_trainable(tcfg.data + tcfg.val_data)
     env = current_env(resolve_device(tcfg.device))
-    if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes the data first (maybe for hours); the others wait
+    if env.rank > 0:  # rank 0 trains the tokenizer and tokenizes small sources first; the others wait
         barrier(env, timeout_s=24 * 3600)
-    from minillm.data import parse_data
-
-    parse_data(tcfg.data)  # a missing file or a bad spec stops here, before the run folder is made
-    if tcfg.val_data:
-        parse_data(tcfg.val_data)
-    lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
+    lock, seen = None, None
     try:
-        if resume:
-            tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
-        elif tcfg.tokenizer is not None:
-            tokenizer = Tokenizer.load(tcfg.tokenizer)
-        else:
-            tokenizer = None
-        if tokenizer is None:
-            tokenizer = tokenizer_for(tcfg.data, cfg.vocab_size, cache, tcfg.tokenizer_bytes, verbose=verbose)
-        if tokenizer.vocab_size > cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                             f"{cfg.vocab_size}: token ids would fall outside the embedding")
-        data = prepare_data(tcfg.data, tokenizer, cache, progress=progress and env.is_main)
-        val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress and env.is_main, held_out=True) \
-            if tcfg.val_data else None
+        lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
+        tokenizer, data, val = _run_data(cfg, tcfg, resume, progress and env.is_main, verbose)
+        seen = data_fingerprint(data, val)
+    except (ValueError, FileNotFoundError) as e:  # told to every rank below, so none waits for this one
+        seen = e
+    try:
         if env.rank == 0 and env.world_size > 1:
             barrier(env, timeout_s=24 * 3600)
+        agree_on_data(seen, env.device)
         return train(cfg, tcfg, data, tokenizer, resume=resume, progress=progress, verbose=verbose,
                      start_time=start_time, stop_at=stop_at, val_data=val)
     finally:
