@@ -15,12 +15,13 @@ import torch
 # %% auto #0
 __all__ = ['assert_close', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call',
            'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'n_params',
-           'flops_per_token', 'bpe_merge', 'bpe_encode', 'pack', 'xy', 'rmsnorm', 'layer_norm', 'apply_rope',
-           'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss',
-           'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step', 'top_p', 'greedy',
-           'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward', 'swiglu_function',
-           'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams', 'data_parallel_grads',
-           'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name', 'chat_render', 'chat_targets', 'lora_merge']
+           'flops_per_token', 'bpe_merge', 'bpe_encode', 'pack', 'xy', 'split_files', 'projected_hours', 'rmsnorm',
+           'layer_norm', 'apply_rope', 'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu',
+           'llama_ffn_dim', 'lm_loss', 'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step',
+           'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward',
+           'swiglu_function', 'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams',
+           'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name', 'chat_render',
+           'chat_targets', 'lora_merge']
 
 # %% ../nbs/91_check.ipynb #44aa343c
 def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -412,6 +413,29 @@ def xy(fn):
             got = _call("check.xy", fn, where, tokens, starts, seq_len)
             _same("check.xy", got, next(loader.micro_batches(step)), where)
     return "3 batches of windows"
+
+# %% ../nbs/91_check.ipynb #6e1eb4f9
+@_exercise
+def split_files(fn):
+    """Check `fn(sizes, n) -> [(start, stop), ...]`: `n` contiguous groups of files of about equal bytes, each ending
+    at the file boundary nearest to where the running total reaches its share, none empty, against
+    `minillm.prepare.split_files`."""
+    from minillm.prepare import split_files
+
+    cases = [(f"sizes={s}, n={n}", (s, n)) for s, n in [([5, 1, 1, 1, 1, 1], 2), ([1] * 6, 3), ([100, 0, 0], 3),
+             ([3, 9, 2, 7, 7, 1, 4], 4), ([0, 0, 0, 0], 2), ([8], 1), ([1, 2], 3), ([1, 2], 0)]]
+    return f"{_run('check.split_files', fn, lambda s, n: [tuple(g) for g in split_files(s, n)], cases)} folders"
+
+@_exercise
+def projected_hours(fn):
+    """Check `fn(text_bytes, bytes_per_s_per_core, cores, nodes, efficiency) -> hours` against
+    `minillm.prepare.projected_hours`."""
+    from minillm.prepare import projected_hours
+
+    cases = [(f"{b:.3g} bytes at {r:.3g} B/s per core on {n} × {c} cores, efficiency {e}", (b, r, c, n, e))
+             for b, r, c, n, e in [(3.15e12, 4e6, 64, 1, 0.9), (3.15e12, 4e6, 64, 8, 0.9), (1e9, 1e6, 1, 1, 1.0),
+                                   (38e6, 2.5e6, 2, 1, 0.85)]]
+    return f"{_run('check.projected_hours', fn, projected_hours, cases, 1e-9, 0)} projections"
 
 # %% ../nbs/91_check.ipynb #caed7859
 @_exercise

@@ -14,8 +14,8 @@ from pathlib import Path
 import minillm
 
 # %% auto #0
-__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_eval', 'cmd_quantize',
-           'cmd_finetune', 'build_parser', 'main', 'console']
+__all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_prepare', 'cmd_eval',
+           'cmd_quantize', 'cmd_finetune', 'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -234,6 +234,69 @@ def cmd_export(args) -> int:
     print(export_summary(out))
     return 0
 
+# %% ../nbs/90_cli.ipynb #7e1f0c3a
+def _count(value: str) -> int:
+    "A whole number from the command line, `2e9` and `2_000_000_000` included."
+    try:
+        n = float(value.replace("_", ""))
+    except ValueError:
+        n = -1
+    if not (n >= 1 and n == int(n)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(n)
+
+def cmd_prepare(args) -> int:
+    """Tokenize data sources once, in parallel, into the packed shards `minillm train --data DIR` reads; or, with
+    --merge, join the pieces the tasks of a Slurm array prepared."""
+    from minillm.prepare import merge_prepared, prepare_sources
+
+    if args.merge:
+        if args.data or args.tokenizer or args.num_shards is not None:
+            raise ValueError("--merge joins prepared pieces: give it folders (and --out), not --data, --tokenizer or --num-shards")
+        info = merge_prepared(args.merge, args.out, progress=not args.no_progress)
+    else:
+        for flag, value in (("--data", args.data), ("--tokenizer", args.tokenizer), ("--out", args.out)):
+            if not value:
+                raise ValueError(f"{flag} is required (or --merge DIR... to join prepared pieces)")
+        if (args.num_shards is None) != (args.shard_index is None):
+            raise ValueError("--num-shards and --shard-index go together: task I of K takes --num-shards K --shard-index I")
+        if args.num_workers is not None and args.num_workers < 0:
+            raise ValueError(f"--num-workers {args.num_workers}: give 0 (tokenize in this process) or more worker processes")
+        info = prepare_sources(args.data, args.tokenizer, args.out, num_workers=args.num_workers,
+                               num_shards=args.num_shards or 1, shard_index=args.shard_index or 0,
+                               max_tokens=args.max_tokens, progress=not args.no_progress)
+    if "datasets" not in info:  # one task of several: its pieces are ready
+        print(info["line"])
+        return 0
+    out = Path(args.out or args.merge[0])
+    print(f"prepared {len(info['datasets'])} dataset(s) in {out} (tokenizer {info['tokenizer']}):")
+    for d in info["datasets"]:
+        print(f"  {d['spec']}  weight {d['weight']:.3g}  {d['tokens']:,} tokens  {d['documents']:,} documents  → {out / d['folder']}")
+    print(f"train on them with: minillm train --data {out}")
+    return 0
+
+def _add_prepare_parser(sub) -> None:
+    "The `minillm prepare` subcommand's options."
+    s = sub.add_parser("prepare", help="tokenize data once, on every core (and node), for `train --data DIR`",
+                       description="Tokenize data sources into packed token shards, in parallel, before training. "
+                                   "Sources are cut into pieces (whole files where there are files); finished pieces "
+                                   "are kept, so an interrupted run goes on where it stopped.")
+    s.add_argument("--data", nargs="+", metavar="SPEC", help="sources as for train: folders or files (.txt, .jsonl, "
+                   ".parquet), 'builtin', hf:NAME or a mixture such as tinyllama; SPEC@WEIGHT mixes")
+    s.add_argument("--tokenizer", metavar="FILE", help="the tokenizer (a minillm BPE file or a SentencePiece "
+                   "tokenizer.model, e.g. Llama 2's); it is kept with the tokens")
+    s.add_argument("--out", metavar="DIR", help="the prepared folder (with --merge: where the merged result goes)")
+    s.add_argument("--num-workers", type=int, metavar="N", help="worker processes (default: every core; 0: this "
+                   "process only)")
+    s.add_argument("--num-shards", type=int, metavar="K", help="the work is shared by K tasks (e.g. a Slurm array)")
+    s.add_argument("--shard-index", type=int, metavar="I", help="this task's share, 0 to K-1 ($SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--max-tokens", type=_count, metavar="N", help="stop at about N tokens in all (each source its "
+                   "weight's share)")
+    s.add_argument("--merge", nargs="+", metavar="DIR", help="join the pieces that the K tasks left in DIR (or in "
+                   "several DIRs) into one prepared folder")
+    s.add_argument("--no-progress", action="store_true", help="no line per piece on standard error")
+    s.set_defaults(func=cmd_prepare)
+
 # %% ../nbs/90_cli.ipynb #a5c3a2db
 def cmd_eval(args) -> int:
     "Bits per byte of text files (`--data`) or lm-evaluation-harness tasks (`--tasks`) for a checkpoint."
@@ -441,8 +504,9 @@ def _train_parser(sub) -> None:
                                    "five minutes on a laptop CPU, then the validation bits per byte and a sample. Exit "
                                    "status 75: SIGTERM stopped the run before its end (continue with --resume).")
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model and recipe preset (default: toy)")
-    s.add_argument("--data", nargs="+", metavar="PATH", help="text to train on: files or folders (.txt, .jsonl, "
-                   ".parquet), 'builtin', hf:NAME or a mixture; SPEC@WEIGHT mixes (default: the preset's)")
+    s.add_argument("--data", nargs="+", metavar="PATH", help="what to train on: folders made by `minillm prepare`, or "
+                   "text (files or folders: .txt, .jsonl, .parquet; 'builtin'; hf:NAME?max_bytes=N) tokenized on the "
+                   "way; SPEC@WEIGHT mixes (default: the preset's)")
     s.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out text to evaluate on instead of a split of "
                    "--data (same forms as --data), so runs of different tools can be compared on one text")
     s.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET)")
@@ -546,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="show a preset's shape, parameter count and FLOPs per token")
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
     s.set_defaults(func=cmd_info)
-    for add in (_train_parser, _plan_parser, _generate_parser, _export_parser, _eval_parser, _quantize_parser,
-                _finetune_parser):
+    for add in (_add_prepare_parser, _train_parser, _plan_parser, _generate_parser, _export_parser, _eval_parser,
+                _quantize_parser, _finetune_parser):
         add(sub)
     return p
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import gzip
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -34,9 +35,9 @@ from .files import publish_dir, temp_dir
 # %% auto #0
 __all__ = ['STDLIB_SKIP_DIRS', 'CORPUS_KINDS', 'HF_DATASETS', 'SOURCE_OPTIONS', 'MIXTURES', 'FORMAT', 'stdlib_root',
            'stdlib_files', 'docstrings', 'help_topics', 'Document', 'limit_documents', 'builtin_corpus',
-           'text_sections', 'local_fingerprint', 'local_documents', 'hf_documents', 'Source', 'parse_data',
-           'shard_dtype', 'Splitter', 'training_documents', 'encode_documents', 'prepare', 'TokenDataset', 'Mixture',
-           'prepare_mixture', 'permute', 'fit_micro_batch', 'Loader', 'EvalSet']
+           'text_sections', 'local_fingerprint', 'local_files', 'local_documents', 'hf_dataset', 'hf_documents',
+           'Source', 'parse_data', 'shard_dtype', 'Splitter', 'training_documents', 'encode_documents', 'prepare',
+           'TokenDataset', 'Mixture', 'prepare_mixture', 'permute', 'fit_micro_batch', 'Loader', 'EvalSet']
 
 # %% ../nbs/02_data.ipynb #c8efbff8
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"})
@@ -269,18 +270,26 @@ def local_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/02_data.ipynb #e8521011
-def local_documents(path: str | Path, text_field: str = "text") -> Iterator[Document]:
+def local_files(path: str | Path) -> list[Path]:
+    "The files `local_documents` reads in folder `path`: recursive, sorted by relative path, hidden files and `__pycache__` left out."
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such folder: {path}")
+    return sorted((p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts)),
+                  key=lambda p: p.relative_to(path).as_posix())
+
+def local_documents(path: str | Path, text_field: str = "text", files: Iterable[str] | None = None) -> Iterator[Document]:
     """Documents from a file or a folder (recursive, sorted): a text file in a folder is one document (and one unit),
     a lone text file is cut into `text_sections`, a `.jsonl` line or a `.parquet` row is one document each (from
-    `text_field`). In a folder, hidden files and non-UTF-8 files are skipped."""
+    `text_field`). In a folder, hidden files and non-UTF-8 files are skipped; `files` (paths relative to the folder, in
+    `local_files` order) reads only those: a part of the folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if not path.is_dir():
         return _file_documents(path, text_field)
-    files = sorted((p for p in path.rglob("*") if p.is_file()
-                    and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts)),
-                   key=lambda p: p.relative_to(path).as_posix())
+    files = local_files(path) if files is None else [path / f for f in files]
     if not files:
         raise ValueError(f"folder {path} holds no files")
 
@@ -311,17 +320,14 @@ HF_DATASETS: dict[str, dict] = {
 }
 
 # %% ../nbs/02_data.ipynb #7de3c573
-def hf_documents(name: str, split: str = "train", text_field: str | None = None, streaming: bool = True,
-                 **kwargs) -> Iterator[Document]:
-    """Documents from a Hugging Face dataset: streamed from the hub (`name` like `roneneldan/TinyStories`), a
-    builder such as `json` with `data_files=...`, or a folder written by `Dataset.save_to_disk`."""
+def hf_dataset(name: str, split: str = "train", streaming: bool = True, **kwargs):
+    """The `datasets` object behind a Hugging Face source: streamed from the hub (`name` like `roneneldan/TinyStories`;
+    an `IterableDataset` whose `n_shards` are its data files), a builder such as `json` with `data_files=...`, or a
+    folder written by `Dataset.save_to_disk` (a `Dataset`)."""
     try:
         import datasets
     except ImportError:
         raise ImportError("Hugging Face sources need the `datasets` package: pip install datasets (or minillm[data])") from None
-    known = HF_DATASETS.get(name, {})
-    text_field = text_field or known.get("field", "text")
-    keep = known.get("keep")
     folder = Path(name)
     if folder.is_dir() and ((folder / "state.json").exists() or (folder / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(folder))
@@ -329,11 +335,26 @@ def hf_documents(name: str, split: str = "train", text_field: str | None = None,
             if split not in ds:
                 raise ValueError(f"{name} has no split '{split}' (splits: {', '.join(ds)})")
             ds = ds[split]
-    else:
-        try:
-            ds = datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
-        except ConnectionError as e:
-            raise _unreachable(name, e) from None
+        return ds
+    try:
+        return datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
+    except ConnectionError as e:
+        raise _unreachable(name, e) from None
+
+def hf_documents(name: str, split: str = "train", text_field: str | None = None, streaming: bool = True,
+                 num_shards: int = 1, shard_index: int = 0, **kwargs) -> Iterator[Document]:
+    """Documents from a Hugging Face dataset (see `hf_dataset`). `num_shards`/`shard_index` read one part of a
+    streamed dataset: the `shard_index`-th of `num_shards` contiguous groups of its data files (at most one group
+    per file)."""
+    known = HF_DATASETS.get(name, {})
+    text_field = text_field or known.get("field", "text")
+    keep = known.get("keep")
+    ds = hf_dataset(name, split, streaming, **kwargs)
+    if num_shards > 1:
+        files = getattr(ds, "n_shards", 0)
+        if files < num_shards:
+            raise ValueError(f"hf:{name} has {files or 'no'} data files to split in {num_shards} parts")
+        ds = ds.shard(num_shards, shard_index, contiguous=True)
     rows = iter(ds)
     for i in itertools.count():
         try:
@@ -488,20 +509,24 @@ def shard_dtype(vocab_size: int) -> np.dtype:
 class Splitter:
     """Sends each document of a stream to `'val'` or `'train'` by its source unit (`Document.split_key`: a module, a
     file, or the text of a row), decided before anything is cut or tokenized: a hash of the unit puts a `val_fraction`
-    of units in val, plus the first `min_val_documents` units and every later document of those units."""
+    of units in val, plus the first `min_val_documents` units and every later document of those units. A part of a
+    stream (see `minillm.prepare`) is given the stream's `first_units` (split keys), read beforehand."""
 
-    def __init__(self, val_fraction: float = 0.01, min_val_documents: int = 1):
+    def __init__(self, val_fraction: float = 0.01, min_val_documents: int = 1, first_units: Iterable[str] = ()):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
         if min_val_documents < 0:
             raise ValueError(f"min_val_documents={min_val_documents} must be >= 0")
         self.val_fraction, self.min_val_documents = val_fraction, min_val_documents
-        self.forced = set()  # units sent to val because they came first
+        self.forced = {self._key(u) for u in first_units}  # units sent to val because they came first
+
+    @staticmethod
+    def _key(unit: str) -> int:
+        return int.from_bytes(hashlib.sha256(unit.encode("utf-8", "replace")).digest()[:8], "little")
 
     def __call__(self, doc: Document | str) -> str:
         "The split of the next document of the stream (a `Document`, or a text that is its own unit)."
-        unit = doc.split_key if isinstance(doc, Document) else doc
-        key = int.from_bytes(hashlib.sha256(unit.encode("utf-8", "replace")).digest()[:8], "little")
+        key = self._key(doc.split_key if isinstance(doc, Document) else doc)
         if key not in self.forced and len(self.forced) < self.min_val_documents:
             self.forced.add(key)
         return "val" if key in self.forced or key < self.val_fraction * 2**64 else "train"
@@ -514,14 +539,17 @@ def training_documents(docs: Iterable[Document], val_fraction: float = 0.01,
     return (d for d in docs if splitter(d) == "train")
 
 # %% ../nbs/02_data.ipynb #343c4f4d
-def encode_documents(tokenizer, texts: list[str], splits: list[str], bos: bool = True, eos: bool = True) -> dict:
+def encode_documents(tokenizer, texts: list[str], splits: list[str], bos: bool = True, eos: bool = True,
+                     num_threads: int = 1) -> dict:
     """Tokenize documents framed by the BOS/EOS policy and group them by split:
-    `{split: (tokens int64 array, tokens per document, UTF-8 bytes per document)}`."""
+    `{split: (tokens int64 array, tokens per document, UTF-8 bytes per document)}`. One thread by default: processes
+    (`prepare`'s workers) are the parallelism, one core each."""
     out = {"train": ([], [], []), "val": ([], [], [])}
     # a lone surrogate (from a broken source) has no UTF-8 bytes: it becomes '?', as in the split and byte counts
     texts = [t if t.isascii() else t.encode("utf-8", "replace").decode("utf-8") for t in texts]
     if hasattr(tokenizer, "encode_batch"):
-        encoded = tokenizer.encode_batch(texts, bos=bos, eos=eos)
+        threads = {"num_threads": num_threads} if "num_threads" in inspect.signature(tokenizer.encode_batch).parameters else {}
+        encoded = tokenizer.encode_batch(texts, bos=bos, eos=eos, **threads)
     else:
         encoded = [tokenizer.encode(t, bos=bos, eos=eos) for t in texts]
     for text, split, ids in zip(texts, splits, encoded):
@@ -627,17 +655,36 @@ def _complete(folder: Path, manifest: dict) -> bool:
                for split in manifest["splits"].values() for s in split["shards"])
 
 # %% ../nbs/02_data.ipynb #3c65b068
+def _reusable(out_dir: Path, recipe: dict, overwrite: bool) -> dict | None:
+    "The manifest of a complete folder made with `recipe` at `out_dir`; None when there is none to keep; else refused."
+    if not out_dir.exists():
+        return None
+    old = _read_manifest(out_dir)
+    if old is not None and old.get("recipe") == recipe and _complete(out_dir, old):
+        return old
+    if not overwrite and (old is not None or any(out_dir.iterdir())):
+        differs = [k for k in recipe if (old or {}).get("recipe", {}).get(k) != recipe[k]]
+        what = ("files that are not a token dataset" if old is None else
+                f"tokens of another recipe (differs in: {', '.join(differs)})" if differs else
+                "an incomplete copy of these tokens (a shard is missing or truncated)")
+        raise ValueError(f"{out_dir} already holds {what}: pass overwrite=True or choose another folder")
+    return None
+
+
 def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir: str | Path, *, bos: bool = True,
             eos: bool = True, val_fraction: float = 0.01, min_val_documents: int = 1, shard_tokens: int = 2**27,
             num_workers: int | None = None, chunk_bytes: int = 2**20, progress: bool = True, overwrite: bool = False,
-            name: str | None = None, only: str | None = None) -> dict:
+            name: str | None = None, only: str | None = None, first_units: Iterable[str] | None = None,
+            max_tokens: int | None = None, part: bool = False) -> dict:
     """Tokenize `source` into packed shards in `out_dir` (`train-*.bin`, `val-*.bin`, `manifest.json`); returns the manifest.
 
     `source` is a `--data` value, a `Source`, or documents (strings or `Document`s, described by `name`).
     `tokenizer` is a tokenizer object (sent pickled to each worker) or the path of a saved `minillm` tokenizer.
     Each document becomes `[bos] + ids + [eos]` (`bos`/`eos` switch either off). `num_workers=0` tokenizes in this
-    process. `only='val'` puts every document in the val split (held-out text for evaluation). The folder appears
-    only when complete; a complete one with the same recipe is reused."""
+    process. `only='val'` puts every document in the val split (held-out text for evaluation). `max_tokens` stops
+    after the document that brings the count to it. A `part` of a dataset (`minillm.prepare`) may be empty or hold
+    no training text, and takes its stream's `first_units` (see `Splitter`). The folder appears only when complete; a
+    complete one with the same recipe is reused."""
     out_dir = Path(out_dir)
     if isinstance(source, str):
         sources = parse_data(source)
@@ -656,9 +703,12 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
         payload = pickle.dumps(tokenizer)
     if only not in (None, "train", "val"):
         raise ValueError(f"only={only!r} must be None, 'train' or 'val'")
-    splitter = Splitter(val_fraction, min_val_documents) if only is None else (lambda doc: only)
+    first_units = list(first_units or ())
+    splitter = Splitter(val_fraction, min_val_documents, first_units) if only is None else (lambda doc: only)
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens={shard_tokens} must be >= 1")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens={max_tokens!r} must be a positive whole number")
     info = _tokenizer_info(tokenizer)
     for flag, key in ((bos, "bos_id"), (eos, "eos_id")):
         if flag and info[key] is None:
@@ -666,29 +716,23 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
     dtype = shard_dtype(info["vocab_size"])
     recipe = dict(format=FORMAT, source=description, tokenizer=info["fingerprint"], vocab_size=info["vocab_size"],
                   bos=bos, eos=eos, val_fraction=val_fraction, min_val_documents=min_val_documents,
-                  shard_tokens=shard_tokens, **({"only": only} if only else {}))
+                  shard_tokens=shard_tokens, **({"only": only} if only else {}),
+                  **({"first_units": hashlib.sha256("\0".join(first_units).encode("utf-8", "replace")).hexdigest()}
+                     if first_units else {}), **({"max_tokens": max_tokens} if max_tokens is not None else {}))
 
-    if out_dir.exists():
-        old = _read_manifest(out_dir)
-        if old is not None and old.get("recipe") == recipe and _complete(out_dir, old):
-            return old
-        if not overwrite and (old is not None or any(out_dir.iterdir())):
-            differs = [k for k in recipe if (old or {}).get("recipe", {}).get(k) != recipe[k]]
-            what = ("files that are not a token dataset" if old is None else
-                    f"tokens of another recipe (differs in: {', '.join(differs)})" if differs else
-                    "an incomplete copy of these tokens (a shard is missing or truncated)")
-            raise ValueError(f"{out_dir} already holds {what}: pass overwrite=True or choose another folder")
+    if (old := _reusable(out_dir, recipe, overwrite)) is not None:
+        return old
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out_dir.parent, out_dir.name)
     try:
         writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in ("train", "val")}
         _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_workers, chunk_bytes, progress,
-                       description)
+                       description, max_tokens)
         splits = {split: w.finish() for split, w in writers.items()}
         n_docs = splits["train"]["documents"] + splits["val"]["documents"]
-        if n_docs == 0:
+        if n_docs == 0 and not part:
             raise ValueError(f"empty corpus: {description} yielded no (non-empty) documents")
-        if splits["train"]["documents"] == 0 and only != "val":
+        if splits["train"]["documents"] == 0 and only != "val" and not part:
             raise ValueError(f"no training documents: all {n_docs} went to val "
                              f"(val_fraction={val_fraction}, min_val_documents={min_val_documents}); lower them")
         identity = json.dumps([info["fingerprint"], dtype.name, bos, eos,
@@ -706,8 +750,8 @@ def prepare(source: str | Source | Iterable[str | Document], tokenizer, out_dir:
 
 # %% ../nbs/02_data.ipynb #b49952c8
 def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_workers, chunk_bytes, progress,
-                   description):
-    "Feed chunks of documents to the workers (or encode them here) and write the results in order."
+                   description, max_tokens=None):
+    "Feed chunks of documents to the workers (or encode them here) and write the results in order, up to `max_tokens`."
     from tqdm import tqdm
 
     def chunks():
@@ -724,17 +768,24 @@ def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_wo
         if texts:
             yield (texts, splits, bos, eos), size
 
-    def write(result):
+    left = [math.inf if max_tokens is None else max_tokens]
+
+    def write(result, job) -> bool:
+        "Write a chunk's documents (the first ones, once `max_tokens` is near); False when it is reached."
+        if left[0] < math.inf:
+            result, left[0] = _first_documents(result, job[1], left[0])
         for split, (tokens, lengths, nbytes) in result.items():
             writers[split].add(tokens, lengths, nbytes)
+        return left[0] > 0
 
     num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     bar = tqdm(desc=f"tokenizing {description}"[:60], unit="B", unit_scale=True, disable=not progress)
     try:
         if num_workers <= 0:
             for job, size in chunks():
-                write(encode_documents(tokenizer, *job))
                 bar.update(size)
+                if not write(encode_documents(tokenizer, *job), job):
+                    return
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -749,15 +800,17 @@ def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_wo
         # prepare under `if __name__ == "__main__":`, or its workers re-run it while starting and die.
         pool = ProcessPoolExecutor(num_workers, mp.get_context("spawn"), initializer=_init_worker, initargs=(payload,))
         try:
-            pending = deque()
+            pending, going = deque(), True
             for job, size in chunks():
-                pending.append((pool.submit(_encode_job, job), size))
-                while len(pending) > 2 * num_workers:  # bounded read-ahead: never the whole stream in memory
-                    result, n = pending.popleft()
-                    write(result.result()); bar.update(n)
-            while pending:
-                result, n = pending.popleft()
-                write(result.result()); bar.update(n)
+                pending.append((pool.submit(_encode_job, job), job, size))
+                while going and len(pending) > 2 * num_workers:  # bounded read-ahead: never the whole stream in memory
+                    result, done, n = pending.popleft()
+                    going = write(result.result(), done); bar.update(n)
+                if not going:
+                    break
+            while going and pending:
+                result, done, n = pending.popleft()
+                going = write(result.result(), done); bar.update(n)
         except BrokenProcessPool:
             raise RuntimeError("tokenizer worker processes died: a script that calls prepare() with num_workers > 0 "
                                "must do so under `if __name__ == '__main__':` (workers import the main module), and "
@@ -766,6 +819,19 @@ def _tokenize_into(docs, tokenizer, payload, writers, splitter, bos, eos, num_wo
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+
+def _first_documents(result: dict, splits: list[str], left: int) -> tuple[dict, float]:
+    """The documents of an encoded chunk (`encode_documents`' result; `splits` in stream order) up to the one that
+    brings the token count to `left`, and the count left after them (0 when reached)."""
+    seen, total = {"train": 0, "val": 0}, 0
+    for split in splits:
+        total += int(result[split][1][seen[split]])
+        seen[split] += 1
+        if total >= left:
+            break
+    out = {k: (tokens[: int(lengths[: seen[k]].sum())], lengths[: seen[k]], nbytes[: seen[k]])
+           for k, (tokens, lengths, nbytes) in result.items()}
+    return out, max(left - total, 0)
 
 # %% ../nbs/02_data.ipynb #374251b8
 def _publish(tmp: Path, out_dir: Path, recipe: dict) -> None:

@@ -9,25 +9,30 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['RMSNorm']
+__all__ = ['rms_normalize', 'RMSNorm']
 
 # %% ../nbs/03_rmsnorm.ipynb #312ca9e9
+def rms_normalize(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    "RMSNorm over the last dimension of `x`, scaled by `weight`: statistics in float32, cast back, then scaled."
+    dtype = x.dtype
+    x = x.float()  # the reduction needs float32 even when x is bf16
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)  # cast back first, then scale: Llama's order
+
 class RMSNorm(nn.Module):
     "Root-mean-square normalization over the last dimension, computed in float32 like Hugging Face's `LlamaRMSNorm`."
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.norm_fn = rms_normalize  # seam for a fused kernel, like attention's `rope` and the MLP's `swiglu`
 
     def reset_parameters(self):
         "Set the gain back to ones."
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()  # the reduction needs float32 even when x is bf16
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)  # cast back first, then scale: Llama's order
+        return self.norm_fn(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -29,6 +29,7 @@ C11A, C11B, C11C, C11D, C11E, C11F = (chapter(n) for n in (
     "11a_kernels_rmsnorm", "11b_kernels_rope", "11c_kernels_swiglu", "11d_kernels_cross_entropy",
     "11e_kernels_attention", "11f_kernels_switch"))
 C12, C13, C14 = chapter("12_distributed"), chapter("13_pretrain"), chapter("14_export")
+C02B = chapter("02b_prepare")
 C21 = chapter("21_finetune")
 
 
@@ -165,6 +166,9 @@ WRONG = [
     (C11F, "install_seams", _install_without_loss, "calls per forward pass"),
     (C12, "data_parallel_grads", lambda m, x, y, W: [g * W for g in C12.data_parallel_grads(m, x, y, W)], "world_size=2"),
     (C12, "sharded_init", _shard_drawn_alone, "rank 1 of 2"),
+    (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
+     "sizes=[5, 1, 1, 1, 1, 1], n=2"),  # splits by the number of files, not by bytes
+    (C02B, "projected_hours", lambda b, r, c, n=1, e=1.0: b / (r * c * n) / 3600, "efficiency 0.9"),
     (C13, "mfu", _mfu_with_embedding, "tinyllama-1.1b"),
     (C13, "accum_steps", lambda G, m, W: G // (m * W), "world_size=3"),
     (C14, "q8_0", lambda w: (w.reshape(-1, 32).abs().amax(-1).div(128).half(), C14.q8_0(w)[1]), "w of shape (64,)"),
@@ -179,8 +183,9 @@ IDS = [name for _, name, _, _ in WRONG]
 
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
-    solved = {n for m in (C00, C01, C02, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E, C11F,
-                          C12, C13, C14, C21) for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
+    solved = {n for m in (C00, C01, C02, C02B, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E,
+                          C11F, C12, C13, C14, C21)
+              for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
 

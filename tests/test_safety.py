@@ -286,7 +286,8 @@ def test_bad_command_lines_are_one_line(tmp_path, run, capsys, monkeypatch):
 
 def test_an_hf_dataset_while_offline_is_one_line(tmp_path):
     e = env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
-    res = minillm("train", "--preset", "debug", "--data", "hf:nobody/no-such-dataset", "--out", "run",
+    # a slice (max_bytes): a whole Hugging Face dataset is refused before any network (`minillm prepare` takes it)
+    res = minillm("train", "--preset", "debug", "--data", "hf:nobody/no-such-dataset?max_bytes=100000", "--out", "run",
                   cwd=tmp_path, env=e)
     line = one_line_error(res)
     assert "hf:nobody/no-such-dataset" in line and "offline" in line

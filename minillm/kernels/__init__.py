@@ -8,7 +8,7 @@ from .attention import flash_attn_available, sdpa_attend
 from .cross_entropy import linear_cross_entropy
 from .rmsnorm import HAS_TRITON, rms_norm, triton_ok
 from .rope import apply_rope
-from .switch import TritonRMSNorm, apply_kernels, compile_model, kernels_in_use, resolve_kernels
+from .switch import apply_kernels, compile_model, describe_kernels, kernels_in_use, resolve_kernels
 
-__all__ = ["apply_kernels", "compile_model", "kernels_in_use", "resolve_kernels", "TritonRMSNorm", "rms_norm",
+__all__ = ["apply_kernels", "compile_model", "describe_kernels", "kernels_in_use", "resolve_kernels", "rms_norm",
            "apply_rope", "linear_cross_entropy", "sdpa_attend", "flash_attn_available", "triton_ok", "HAS_TRITON"]

@@ -11,6 +11,7 @@ from torch import nn
 from .. import attention as _attention
 from .. import mlp as _mlp
 from .. import model as _model
+from .. import norm as _norm
 from ..config import KERNELS
 from .attention import flash_attn_attend, sdpa_attend
 from .cross_entropy import linear_cross_entropy
@@ -20,8 +21,8 @@ from .swiglu import swiglu as triton_swiglu
 from ..norm import RMSNorm
 
 # %% auto #0
-__all__ = ['resolve_kernels', 'TritonRMSNorm', 'apply_kernels', 'kernels_in_use', 'describe_kernels', 'train_steps',
-           'compile_model', 'bench_train_step']
+__all__ = ['resolve_kernels', 'apply_kernels', 'kernels_in_use', 'describe_kernels', 'train_steps', 'compile_model',
+           'bench_train_step']
 
 # %% ../../nbs/11f_kernels_switch.ipynb #577d4f25
 def _model_device(model: nn.Module) -> torch.device:
@@ -49,29 +50,20 @@ def resolve_kernels(kernels: str, device: torch.device | str) -> str:
                              f"'torch', or set TRITON_INTERPRET=1 before importing triton to run the kernels slowly on the CPU")
     return kernels
 
-# %% ../../nbs/11f_kernels_switch.ipynb #44d25291
-class TritonRMSNorm(RMSNorm):
-    "The model's `RMSNorm`, computed by the fused Triton kernels where they can run (same parameters, same state dict)."
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
 # %% ../../nbs/11f_kernels_switch.ipynb #23d7079b
 def apply_kernels(model: nn.Module, kernels: str | None = None, attention: str | None = None,
                   device: torch.device | str | None = None) -> nn.Module:
-    """Swap `model`'s norms, RoPE, SwiGLU and loss for the Triton kernels (`kernels='triton'`) or back to PyTorch
-    (`'torch'`), in place; `None` reads `model.cfg.kernels` and `'auto'` picks Triton on CUDA. `attention` optionally
-    sets the attention kernel: `'flash_attn'`, or SDPA backends in order of preference such as `'cudnn,flash'`.
-    Call it before `torch.compile` or `fully_shard` wrap the model. Returns the model."""
+    """Set `model`'s seams (every norm's `norm_fn`, attention's `rope`, the MLP's `swiglu`, the model's `loss_fn`) to
+    the Triton kernels (`kernels='triton'`) or back to PyTorch (`'torch'`), in place; `None` reads `model.cfg.kernels`
+    and `'auto'` picks Triton on CUDA. `attention` optionally sets the attention kernel: `'flash_attn'`, or SDPA
+    backends in order of preference such as `'cudnn,flash'`. Call it before `torch.compile` or `fully_shard` wrap the
+    model (they capture what they find). Returns the model."""
     device = _model_device(model) if device is None else torch.device(device)
     kernels = resolve_kernels(model.cfg.kernels if kernels is None else kernels, device)
     use_triton = kernels == "triton"
     for m in model.modules():
         if isinstance(m, RMSNorm):
-            if type(m) not in (RMSNorm, TritonRMSNorm):
-                raise ValueError(f"cannot swap the kernel of a {type(m).__name__}: call apply_kernels before wrapping "
-                                 f"the model (torch.compile, fully_shard)")
-            m.__class__ = TritonRMSNorm if use_triton else RMSNorm
+            m.norm_fn = rms_norm if use_triton else _norm.rms_normalize
         elif isinstance(m, _attention.Attention):
             m.rope = triton_apply_rope if use_triton else _attention.apply_rope
             if attention == "flash_attn":
@@ -93,7 +85,7 @@ def kernels_in_use(model: nn.Module) -> dict[str, str]:
     found = {}
     for m in model.modules():
         if isinstance(m, RMSNorm):
-            found.setdefault("norm", name(type(m)))
+            found.setdefault("norm", name(m.norm_fn))
         elif isinstance(m, _attention.Attention):
             found.setdefault("rope", name(m.rope))
             found.setdefault("attend", name(m.attend))
@@ -129,7 +121,7 @@ def describe_kernels(model: nn.Module) -> str:
         compiled = getattr(block, "_compiled_call_impl", None) is not None
         for m in block.modules():
             if isinstance(m, RMSNorm):
-                seams.setdefault("norm", "triton" if isinstance(m, TritonRMSNorm) else "torch" + "+compile" * compiled)
+                seams.setdefault("norm", _short_name(m.norm_fn, compiled))
             elif isinstance(m, _attention.Attention):
                 seams.setdefault("rope", _short_name(m.rope, compiled))
                 seams.setdefault("attention", _short_name(m.attend, compiled))
