@@ -25,9 +25,9 @@ from .model import Llama
 from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RUN_OUTPUTS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'save_checkpoint', 'find_checkpoint',
-           'Checkpoint', 'load_model', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded', 'load_sharded',
-           'load_full', 'load_checkpoint']
+__all__ = ['CHECKPOINT_FORMAT', 'RUN_OUTPUTS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'is_sharded', 'save_checkpoint',
+           'find_checkpoint', 'Checkpoint', 'load_model', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded',
+           'load_sharded', 'load_full', 'load_checkpoint']
 
 # %% ../nbs/12b_checkpoint.ipynb #e231309d
 CHECKPOINT_FORMAT = "minillm-checkpoint/1"
@@ -50,11 +50,18 @@ def _set_rng_state(tensors: dict, python: list, numpy: list) -> None:
     np.random.set_state((numpy[0], np.asarray(numpy[1], dtype=np.uint32), numpy[2], numpy[3], numpy[4]))
 
 # %% ../nbs/12b_checkpoint.ipynb #6034e991
+def is_sharded(model: nn.Module) -> bool:
+    "Whether FSDP has sharded `model`'s weights (they are DTensors), as it does even on a single process."
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
                     cfg: LlamaConfig, tcfg: TrainConfig, tokenizer=None, keep: int = 1, env: DistEnv | None = None) -> Path:
     """Write `run_dir/checkpoints/step-NNNNNNN/` whole or not at all, point `checkpoints/latest` at it, and keep only
     the newest `keep` checkpoints. One process writes the full tensors (`model.safetensors`, `optimizer.pt`); several
-    processes each write their own pieces with torch.distributed.checkpoint (`save_sharded`), and once all are on disk
+    processes (or one whose model FSDP sharded) each write their own pieces with torch.distributed.checkpoint (`save_sharded`), and once all are on disk
     rank 0 adds the rest (generators, tokenizer, configs, `state.json` last) and publishes the folder. Called on every
     process. Returns the checkpoint folder."""
     from safetensors.torch import save_model
@@ -67,8 +74,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(env)
+    sharded = env.world_size > 1 or is_sharded(model)  # FSDP on one process too: its weights are DTensors
     try:
-        if env.world_size > 1:
+        if sharded:
             save_sharded(tmp, model, optimizer, env)
             barrier(env)  # every shard is on disk
         else:
@@ -82,7 +90,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
             (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             (tmp / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=1))
             full = dict(format=CHECKPOINT_FORMAT, **state, step=step, rng=dict(python=rng["python"], numpy=rng["numpy"]),
-                        **({"weights": "sharded"} if env.world_size > 1 else {}))
+                        **({"weights": "sharded"} if sharded else {}))
             (tmp / "state.json").write_text(json.dumps(full))  # written last: a folder with state.json is complete
             publish_dir(tmp, final)  # the same step saved again (after a resume) replaces the old copy
             write_atomic(root / "latest", (final.name + "\n").encode())

@@ -37,8 +37,9 @@ def env(**extra):
                 **extra)
 
 
-def torchrun(*args, cwd, extra_env=None, timeout=420):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "minillm", *args]
+def torchrun(*args, cwd, extra_env=None, timeout=420, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "minillm",
+           *args]
     return subprocess.run(cmd, cwd=cwd, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout)
 
 
@@ -132,6 +133,25 @@ def test_torchrun_bf16_fsdp_triton_kernels_and_closing_sample(tmp_path):
     rows = MetricsLog.read(tmp_path / "run" / "metrics.csv")
     assert [r["step"] for r in rows if r["loss"]] == ["1", "2"]
     assert all(np.isfinite(float(r["loss"])) for r in rows if r["loss"])
+
+
+def test_fsdp_on_one_process_saves_and_resumes(tmp_path, corpus):
+    """`--parallel fsdp` on a single process (one GPU) shards nothing across ranks, but its weights are DTensors all the
+    same: the checkpoint is written with torch.distributed.checkpoint, a resume continues from it, and the model loads
+    from it for generation."""
+    text, _, _ = corpus
+    args = ("train", "--preset", "debug", "--data", str(text), "--parallel", "fsdp", "--time-limit", "0", "--out", "run",
+            "--no-progress", "--eval-every", "0", "--save-every", "3")
+    res = torchrun(*args, "--max-steps", "3", cwd=tmp_path, nproc=1)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert Checkpoint(tmp_path / "run").sharded and Checkpoint(tmp_path / "run").step == 3
+    res = torchrun(*args, "--max-steps", "5", "--resume", cwd=tmp_path, nproc=1)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "step-0000003 at step 3" in res.stdout
+    steps = [int(r["step"]) for r in MetricsLog.read(tmp_path / "run" / "metrics.csv") if r["loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 5  # continued, not restarted
+    model, _, ckpt = load_model(tmp_path / "run")
+    assert ckpt.step == 5 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_kernels_flag_and_what_the_run_prints(tmp_path, corpus):
