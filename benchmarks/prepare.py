@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minillm.data import builtin_corpus, training_documents  # noqa: E402
+from minillm.corpora import builtin_corpus, training_documents  # noqa: E402
 from minillm.prepare import prepare_sources, projected_hours  # noqa: E402
 from minillm.tokenizer import Tokenizer  # noqa: E402
 

@@ -23,8 +23,8 @@ from .hf import load_hf, save_hf
 from .model import Llama
 from .quantize import is_quantized, load_quantized
 from .rope import half_to_interleaved, interleaved_to_half
-from .tokenizer import (GPT4_SPLIT_PATTERN, BPETokenizer, SentencePieceTokenizer, Tokenizer, bpe_merges,
-                               bytes_to_unicode)
+from .tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer, SentencePieceTokenizer, Tokenizer
+from .tokenizer_files import bpe_merges, bytes_to_unicode
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'EXPORT_DTYPES', 'GGUF_QUANTS', 'EXPORT_FILES', 'GGUF_PRE_TOKENIZERS', 'load_for_export', 'export',

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from .config import LlamaConfig
 from .files import publish_dir, temp_dir
 from .model import Llama
-from .tokenizer import Tokenizer, hf_tokenizer_files
+from .tokenizer import Tokenizer
+from .tokenizer_files import hf_tokenizer_files
 
 # %% auto #0
 __all__ = ['config_from_hf', 'config_to_hf', 'to_hf_name', 'from_hf_name', 'state_dict_to_hf', 'state_dict_from_hf', 'load_hf',

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .data import (FORMAT, Document, Mixture, Source, TokenDataset, hf_dataset, hf_documents, local_documents,
-                   local_files, parse_data, prepare, training_documents)
+from .corpora import (Document, Source, hf_dataset, hf_documents, local_documents, local_files, parse_data,
+                      training_documents)
+from .data import FORMAT, Mixture, TokenDataset, prepare
 from .files import check_writable, publish_dir, temp_dir, write_atomic
 
 # torch is imported only by `agree_on_data`: worker processes that tokenize never need it.
@@ -31,7 +32,7 @@ from .files import check_writable, publish_dir, temp_dir, write_atomic
 __all__ = ['PIECE_BYTES', 'HF_MAX_PIECES', 'SETTINGS', 'PLAN_FORMAT', 'PREPARED_FORMAT', 'PREPARED_FILE', 'split_files', 'Piece',
            'plan_pieces', 'first_units', 'is_prepared', 'prepare_sources', 'merge_parts', 'merge_prepared',
            'prepared_datasets', 'prepared_tokenizer', 'check_trainable', 'tokenizer_for', 'prepare_data',
-           'data_fingerprint', 'agree_on_data', 'projected_hours']
+           'prepare_mixture', 'data_fingerprint', 'agree_on_data', 'projected_hours']
 
 # %% ../nbs/02b_prepare.ipynb #c0a1e002
 PIECE_BYTES = 2**28  # a folder is cut into pieces of about this many bytes of files (256 MiB, ~64M tokens)
@@ -552,6 +553,24 @@ def prepare_data(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, p
                                  f"val split); give more text, a few kilobytes at least") from None
             raise
         parts.append((TokenDataset(folder, "val" if held_out else "train", tokenizer=tokenizer), s.weight))
+    return Mixture(parts)
+
+# %% ../nbs/02b_prepare.ipynb #e2f29631
+def prepare_mixture(specs: str | Iterable[str], tokenizer, cache_dir: str | Path, **kwargs) -> Mixture:
+    """Prepare every source named by `specs` (see `parse_data`) into its own folder under `cache_dir`, with any
+    settings of `prepare` (`kwargs`), and return the training `Mixture`. Folders are named by source and recipe, so a
+    second call reuses them."""
+    from minillm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    parts = []
+    for s in parse_data(specs):
+        settings = sorted((k, v) for k, v in kwargs.items() if k not in ("progress", "num_workers"))
+        key = json.dumps([s.describe(), str(getattr(tok, "fingerprint", "")), settings])
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", s.spec).strip("-")[:40] or "data"
+        folder = Path(cache_dir) / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        prepare(s, tokenizer, folder, **kwargs)  # checks the tokenizer
+        parts.append((TokenDataset(folder, "train", tokenizer=tok), s.weight))
     return Mixture(parts)
 
 # %% ../nbs/02b_prepare.ipynb #c0a1e017

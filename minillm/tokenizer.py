@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import struct
 import sysconfig
 import warnings
 from abc import ABC, abstractmethod
@@ -28,13 +27,15 @@ import sentencepiece as spm
 import tiktoken
 
 from .files import write_atomic
+from .tokenizer_files import (BPE_FILENAME, SENTENCEPIECE_FILENAME, bpe_file, is_bpe_file, is_sentencepiece_model,
+                              is_tokenizer_json, read_bpe_file, read_hf_bpe, read_sentencepiece_model,
+                              sentencepiece_fingerprint)
+from .tokenizer_files import CHAT_TEMPLATE, save_hf_tokenizer  # noqa: F401 (importable from here, as before)
 
 # %% auto #0
-__all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'PIECE_TYPES', 'CHAT_TEMPLATE',
-           'merge_pair', 'python_stdlib_texts', 'train_bpe_naive', 'train_bpe', 'Tokenizer', 'BPETokenizer',
-           'TokenizerFormat', 'register_tokenizer_format', 'read_sentencepiece_model', 'SentencePieceTokenizer',
-           'tinyllama_tokenizer_path', 'tokens_html', 'bytes_to_unicode', 'bpe_merges', 'hf_split_pattern',
-           'hf_tokenizer', 'hf_tokenizer_files', 'save_hf_tokenizer', 'read_hf_bpe']
+__all__ = ['GPT4_SPLIT_PATTERN', 'TOKENIZER_FORMATS', 'LLAMA2_SENTENCEPIECE_OPTIONS', 'merge_pair', 'python_stdlib_texts',
+           'train_bpe_naive', 'train_bpe', 'Tokenizer', 'BPETokenizer', 'TokenizerFormat', 'register_tokenizer_format',
+           'SentencePieceTokenizer', 'tinyllama_tokenizer_path', 'tokens_html']
 
 # %% ../nbs/01_tokenizer.ipynb #2feb26d1
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -262,9 +263,39 @@ class Tokenizer(ABC):
     def token_bytes(self, id: int) -> bytes:
         "The bytes token `id` stands for (special tokens give their name)."
 
+    FILENAME: str = ""  # the file name `save` uses inside a directory
+
     @abstractmethod
+    def to_bytes(self) -> bytes:
+        "The contents of this tokenizer's file."
+
+    @classmethod
+    @abstractmethod
+    def from_bytes(cls, data: bytes) -> Tokenizer:
+        "A tokenizer from the contents of its file; a `ValueError` says what is wrong with them."
+
     def save(self, path: str | os.PathLike) -> Path:
-        "Write the tokenizer to `path` (a file, or an existing directory to put the default file name in)."
+        """Write the tokenizer to `path` (a file, or an existing directory to put `FILENAME` in), whole or not at all;
+        returns the file's path."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / self.FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.to_bytes())
+        return path
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+        "Read a file written by `save` (or the directory holding `FILENAME`)."
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / cls.FILENAME
+        try:
+            return cls.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no tokenizer at '{path}': the file does not exist") from None
+        except ValueError as e:
+            raise ValueError(f"'{path}' is {e}") from None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
@@ -364,8 +395,7 @@ class BPETokenizer(Tokenizer):
     """Byte-level BPE: `merges[i]` is the pair of byte strings whose concatenation is token `256 + i`; special tokens
     follow. Encoding and decoding run in tiktoken."""
 
-    FILENAME = "tokenizer.bpe.json"  # the file name `save` uses inside a directory
-    VERSION = 1
+    FILENAME = BPE_FILENAME
 
     def __init__(self, merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str] = ("<s>", "</s>"),
                  pattern: str = GPT4_SPLIT_PATTERN, bos: str | None = "<s>", eos: str | None = "</s>"):
@@ -443,50 +473,16 @@ class BPETokenizer(Tokenizer):
         (id,) = self._check_ids([id])
         return self._enc.decode_single_token_bytes(id)
 
-    def to_json(self) -> str:
-        "The file format: JSON with one merge per line."
-        head = {"format": "minillm-bpe", "version": self.VERSION, "pattern": self.pattern,
-                "special_tokens": self.special_tokens, "bos": self.bos, "eos": self.eos}
-        lines = [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in head.items()]
-        merges = ",\n".join(f"  [\"{left.hex()}\", \"{right.hex()}\"]" for left, right in self.merges)
-        return "{\n" + "\n".join(lines) + '\n "merges": [\n' + merges + "\n ]\n}\n"
-
-    def save(self, path):
-        path = Path(path).expanduser()
-        if path.is_dir():
-            path = path / self.FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.to_json().encode("utf-8"))
-        return path
+    def to_bytes(self):
+        "The file: JSON with one merge per line (`bpe_file`)."
+        return bpe_file(self.merges, self.special_tokens, self.pattern, self.bos, self.eos)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> BPETokenizer:
-        "Read a file written by `save` (or the directory holding `tokenizer.bpe.json`)."
-        path = Path(path).expanduser()
-        if path.is_dir():
-            path = path / cls.FILENAME
+    def from_bytes(cls, data):
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(d, dict) or d.get("format") != "minillm-bpe":
-                raise ValueError('no "format": "minillm-bpe" field')
-            if d.get("version") != cls.VERSION:
-                raise ValueError(f"version {d.get('version')!r}; this minillm reads version {cls.VERSION}")
-            missing = [k for k in ("pattern", "special_tokens", "bos", "eos", "merges") if k not in d]
-            if missing:
-                raise ValueError(f"missing field {missing[0]!r}")
-            merges = []
-            for i, m in enumerate(d["merges"]):
-                if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
-                    raise ValueError(f"merge {i} is not a pair of hex strings: {m!r}")
-                merges.append((bytes.fromhex(m[0]), bytes.fromhex(m[1])))
-            tok = cls(merges, list(d["special_tokens"]), d["pattern"], bos=d["bos"], eos=d["eos"])
-            if tok.special_tokens != d["special_tokens"]:
-                raise ValueError(f"special token ids {d['special_tokens']} do not follow the {len(merges)} merges")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no tokenizer at '{path}': the file does not exist") from None
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
-            raise ValueError(f"'{path}' is a corrupt minillm BPE file: {e}") from None
-        return tok
+            return cls(**read_bpe_file(data))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"a corrupt minillm BPE file: {e}") from None
 
     def __getstate__(self):
         return {"merges": self.merges, "special_tokens": list(self.special_tokens), "pattern": self.pattern,
@@ -503,32 +499,14 @@ class TokenizerFormat(NamedTuple):
     sniff: Callable[[Path], bool]
     load: Callable[[Path], Tokenizer]
 
-# %% ../nbs/01_tokenizer.ipynb #7ec24751
-def _head(path: Path, n: int = 256) -> bytes:
-    "The first `n` bytes of a file."
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def _sniff_bpe(path: Path) -> bool:
-    "A minillm BPE file, or a directory holding `tokenizer.bpe.json`?"
-    if path.is_dir():
-        return (path / BPETokenizer.FILENAME).is_file()
-    return re.match(rb'\s*\{\s*"format"\s*:\s*"minillm-bpe"', _head(path)) is not None
-
-
-def _sniff_sentencepiece(path: Path) -> bool:
-    "A SentencePiece model file, or a directory holding `tokenizer.model`?"
-    if path.is_dir():
-        return (path / SentencePieceTokenizer.FILENAME).is_file()
-    return _head(path, 1) == b"\n"  # a ModelProto starts with its first piece: field 1, length-delimited
-
 # %% ../nbs/01_tokenizer.ipynb #7a81a8e1
 TOKENIZER_FORMATS: list[TokenizerFormat] = [
-    TokenizerFormat("minillm-bpe", "a minillm BPE file (tokenizer.bpe.json)", _sniff_bpe,
+    TokenizerFormat("minillm-bpe", "a minillm BPE file (tokenizer.bpe.json)", is_bpe_file,
                     lambda path: BPETokenizer.from_file(path)),
-    TokenizerFormat("sentencepiece", "a SentencePiece model (tokenizer.model)", _sniff_sentencepiece,
+    TokenizerFormat("sentencepiece", "a SentencePiece model (tokenizer.model)", is_sentencepiece_model,
                     lambda path: SentencePieceTokenizer.from_file(path)),
+    TokenizerFormat("hf-tokenizer-json", "a Hugging Face byte-level BPE tokenizer.json", is_tokenizer_json,
+                    lambda path: BPETokenizer(**read_hf_bpe(path, patterns=[GPT4_SPLIT_PATTERN]))),
 ]
 
 
@@ -562,126 +540,6 @@ LLAMA2_SENTENCEPIECE_OPTIONS: dict = dict(
     self_test_sample_size=0,
 )
 
-# %% ../nbs/01_tokenizer.ipynb #4c149661
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    "Decode the protobuf varint at `data[i]`: (value, next index)."
-    value = shift = 0
-    while True:
-        if i >= len(data):
-            raise ValueError("truncated protobuf varint")
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, i
-
-
-def _proto_fields(data: bytes) -> list[tuple[int, int, int | bytes]]:
-    "The (field number, wire type, value) triples of one protobuf message, in file order."
-    out, i = [], 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, i = data[i:i + size], i + size
-        elif wire == 2:
-            size, i = _varint(data, i)
-            value, i = data[i:i + size], i + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if i > len(data):
-            raise ValueError("truncated protobuf message")
-        out.append((field, wire, value))
-    return out
-
-# %% ../nbs/01_tokenizer.ipynb #30213c3e
-_TRAINER_SPEC = {1: "input", 2: "model_prefix", 3: "model_type", 4: "vocab_size", 5: "accept_language",
-                 6: "self_test_sample_size", 7: "input_format", 10: "character_coverage", 11: "input_sentence_size",
-                 12: "mining_sentence_size", 13: "training_sentence_size", 14: "seed_sentencepiece_size",
-                 15: "shrinking_factor", 16: "num_threads", 17: "num_sub_iterations", 18: "max_sentence_length",
-                 19: "shuffle_input_sentence", 20: "max_sentencepiece_length", 21: "split_by_unicode_script",
-                 22: "split_by_whitespace", 23: "split_by_number", 24: "treat_whitespace_as_suffix",
-                 25: "split_digits", 26: "allow_whitespace_only_pieces", 30: "control_symbols",
-                 31: "user_defined_symbols", 32: "vocabulary_output_piece_score", 33: "hard_vocab_limit",
-                 34: "use_all_vocab", 35: "byte_fallback", 36: "required_chars", 40: "unk_id", 41: "bos_id",
-                 42: "eos_id", 43: "pad_id", 44: "unk_surface", 45: "unk_piece", 46: "bos_piece", 47: "eos_piece",
-                 48: "pad_piece", 49: "train_extremely_large_corpus", 50: "enable_differential_privacy",
-                 51: "differential_privacy_noise_level", 52: "differential_privacy_clipping_threshold",
-                 53: "pretokenization_delimiter", 54: "seed_sentencepieces_file", 55: "auto_character_coverage"}
-_NORMALIZER_SPEC = {1: "name", 2: "precompiled_charsmap", 3: "add_dummy_prefix", 4: "remove_extra_whitespaces",
-                    5: "escape_whitespaces", 6: "normalization_rule_tsv"}
-_REPEATED = {"input", "accept_language", "control_symbols", "user_defined_symbols"}
-_BOOLS = {"shuffle_input_sentence", "split_by_unicode_script", "split_by_whitespace", "split_by_number",
-          "treat_whitespace_as_suffix", "split_digits", "allow_whitespace_only_pieces", "vocabulary_output_piece_score",
-          "hard_vocab_limit", "use_all_vocab", "byte_fallback", "train_extremely_large_corpus",
-          "enable_differential_privacy", "auto_character_coverage", "add_dummy_prefix", "remove_extra_whitespaces",
-          "escape_whitespaces"}
-_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
-PIECE_TYPES = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}
-# trainer settings that change how a trained model encodes or decodes (the rest only shaped the training run)
-_ENCODING_SETTINGS = {3, 24, 26, 35, 40, 41, 42, 43, 44, 45, 46, 47, 48}
-
-
-def _spec_dict(data: bytes, names: dict[int, str]) -> dict:
-    "A TrainerSpec / NormalizerSpec message as {setting: value}, for the fields it sets."
-    spec = {}
-    for field, wire, value in _proto_fields(data):
-        name = names.get(field, f"field_{field}")
-        if wire == 0:
-            value = value - (1 << 64) if value >= 1 << 63 else value  # negative int32s (pad_id=-1) are 64-bit
-            value = _MODEL_TYPES.get(value, value) if name == "model_type" else bool(value) if name in _BOOLS else value
-        elif wire == 5:
-            value = round(struct.unpack("<f", value)[0], 7)
-        elif wire == 2 and name != "precompiled_charsmap":
-            value = value.decode("utf-8", "replace")
-        if name in _REPEATED:
-            spec.setdefault(name, []).append(value)
-        else:
-            spec[name] = value
-    return spec
-
-# %% ../nbs/01_tokenizer.ipynb #dc4c9945
-def read_sentencepiece_model(data: bytes) -> dict:
-    """The parts of a serialized SentencePiece `ModelProto`: `pieces` as (piece, score, type) triples in id order,
-    `trainer_spec` and `normalizer_spec` as dicts of the settings the file records."""
-    pieces, trainer, normalizer = [], {}, {}
-    for field, wire, value in _proto_fields(data):
-        if field == 1 and wire == 2:
-            piece, score, kind = "", 0.0, 1
-            for f, w, v in _proto_fields(value):
-                if f == 1:
-                    piece = v.decode("utf-8", "replace")
-                elif f == 2 and w == 5:
-                    score = struct.unpack("<f", v)[0]
-                elif f == 3:
-                    kind = v
-            pieces.append((piece, score, PIECE_TYPES.get(kind, str(kind))))
-        elif field == 2 and wire == 2:
-            trainer = _spec_dict(value, _TRAINER_SPEC)
-        elif field == 3 and wire == 2:
-            normalizer = _spec_dict(value, _NORMALIZER_SPEC)
-    return {"pieces": pieces, "trainer_spec": trainer, "normalizer_spec": normalizer}
-
-# %% ../nbs/01_tokenizer.ipynb #3b8de875
-def _sentencepiece_fingerprint(data: bytes) -> str:
-    """sha256 of what decides a SentencePiece model's ids: the pieces (with scores and types), the normalizer and
-    denormalizer, and the encoding-relevant trainer settings. File paths, thread counts and other training-run
-    details are left out, so the same vocabulary trained on another machine keeps its fingerprint."""
-    h = hashlib.sha256(b"minillm-sentencepiece-v1\n")
-    for field, wire, value in _proto_fields(data):
-        if field == 2:  # trainer_spec: keep only the settings the encoder reads
-            kept = [(f, w, v) for f, w, v in _proto_fields(value) if f in _ENCODING_SETTINGS]
-            value = b"".join(f"{f}:{w}:{v.hex() if isinstance(v, bytes) else v};".encode() for f, w, v in sorted(kept, key=lambda x: x[0]))
-        elif field not in (1, 3, 5):  # self-test samples and unknown fields do not change ids
-            continue
-        value = value if isinstance(value, bytes) else str(value).encode()
-        h.update(f"{field}:{wire}:{len(value)}:".encode() + value)
-    return h.hexdigest()
-
 # %% ../nbs/01_tokenizer.ipynb #95216765
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model (a serialized `ModelProto`, the bytes of a `tokenizer.model` file) behind the
@@ -689,7 +547,7 @@ class SentencePieceTokenizer(Tokenizer):
     come from text; *user-defined* pieces of a loaded model are matched in plain text by SentencePiece itself (that
     is what user-defined means there; Llama 2 and TinyLlama have none, and `train_sentencepiece` makes none)."""
 
-    FILENAME = "tokenizer.model"
+    FILENAME = SENTENCEPIECE_FILENAME
 
     def __init__(self, model_proto: bytes):
         self.model_proto = bytes(model_proto)
@@ -728,7 +586,7 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = _sentencepiece_fingerprint(self.model_proto)
+            self._fingerprint = sentencepiece_fingerprint(self.model_proto)
         return self._fingerprint
 
     def _encode_with_specials(self, text: str, specials: dict[str, int]) -> list[int]:
@@ -769,26 +627,13 @@ class SentencePieceTokenizer(Tokenizer):
             return bytes([int(piece[3:5], 16)])  # "<0x0A>" → b"\n"
         return piece.encode("utf-8") if kind in ("unknown", "control") else piece.replace("▁", " ").encode("utf-8")
 
-    def save(self, path):
-        path = Path(path).expanduser()
-        if path.is_dir():
-            path = path / self.FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.model_proto)
-        return path
+    def to_bytes(self):
+        "The model, unchanged: a `tokenizer.model` file."
+        return self.model_proto
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
-        "Read a `tokenizer.model` file (or the directory holding one)."
-        path = Path(path).expanduser()
-        if path.is_dir():
-            path = path / cls.FILENAME
-        try:
-            return cls(path.read_bytes())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no tokenizer at '{path}': the file does not exist") from None
-        except ValueError as e:
-            raise ValueError(f"'{path}' is {e}") from None
+    def from_bytes(cls, data):
+        return cls(data)
 
     def __getstate__(self):
         return {"model_proto": self.model_proto}
@@ -834,244 +679,3 @@ def tokens_html(tok: Tokenizer, text: str, allowed_special: Collection[str] | st
     return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.7">' + "".join(out)
             + f'<div style="color:#666;margin-top:4px">{len(text.encode("utf-8"))} bytes → '
             + f'{sum(len(g) for _, g in spans)} tokens</div></div>')
-
-# %% ../nbs/01_tokenizer.ipynb #e4f1c1cf
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from the 256 byte values to printable characters, used to write byte-level tokens as strings:
-    bytes that are visible Latin-1 characters stand for themselves, the other 68 get `chr(256 + n)` in order."""
-    visible = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    out, n = {}, 0
-    for b in range(256):
-        if b in visible:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
-
-
-_BYTE_CHARS = bytes_to_unicode()
-_CHAR_BYTES = {c: b for b, c in _BYTE_CHARS.items()}
-
-
-def _token_str(token: bytes) -> str:
-    "A byte-level token spelt in `bytes_to_unicode` characters (b' the' → 'Ġthe')."
-    return "".join(_BYTE_CHARS[b] for b in token)
-
-
-def _token_bytes(s: str) -> bytes:
-    "The inverse of `_token_str`; a KeyError for a character outside the 256."
-    return bytes(_CHAR_BYTES[c] for c in s)
-
-# %% ../nbs/01_tokenizer.ipynb #430a3316
-def bpe_merges(vocab: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-    """Every merge a rank-based BPE encoder (tiktoken) may apply to the tokens `vocab` (in rank order), ordered as a
-    merge-list encoder (`tokenizers`, llama.cpp) must try them: for each token by rank, each split of it into two
-    tokens, by the ranks of the two halves."""
-    rank = {t: i for i, t in enumerate(vocab)}
-    merges = []
-    for token in vocab:
-        splits = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in rank and token[k:] in rank]
-        merges += sorted(splits, key=lambda pair: (rank[pair[0]], rank[pair[1]]))
-    return merges
-
-# %% ../nbs/01_tokenizer.ipynb #24c0137f
-_REGEX_TOKENS = re.compile(r"\\.|\[(?:\\.|[^\]\\])*\]|\{\d+(?:,\d*)?\}\+|[$^]", re.S)
-
-def hf_split_pattern(pattern: str) -> str:
-    """A tiktoken pre-tokenizer `pattern` (Rust `fancy-regex` dialect) rewritten for `tokenizers`' `Split`, which runs
-    Oniguruma with Ruby syntax: `$` → `\\z` and `^` → `\\A` (there `$`/`^` match at every line end/start) and the
-    possessive count `{m,n}+` → `{m,n}` (there it would mean "one or more of `{m,n}`"; greedy gives the same pieces
-    whenever nothing after the count can match what it gives back, as in GPT-4's pattern)."""
-    def rewrite(m):
-        s = m.group()
-        if s[0] in "\\[":
-            return s  # escapes and character classes stay as they are
-        return {"$": r"\z", "^": r"\A"}.get(s, s[:-1])
-    return _REGEX_TOKENS.sub(rewrite, pattern)
-
-# %% ../nbs/01_tokenizer.ipynb #fba955cf
-def _special_name(tok: Tokenizer, id: int | None) -> str | None:
-    "The special token whose id is `id` (None for None)."
-    return None if id is None else next(s for s, i in tok.special_tokens.items() if i == id)
-
-
-def _sentencepiece_merges(tok: SentencePieceTokenizer) -> list[tuple[str, str]]:
-    "The merge list of a SentencePiece BPE model: for each piece by descending score, every split into two pieces."
-    pieces = tok.model["pieces"]
-    ids = {p: i for i, (p, _, kind) in enumerate(pieces) if kind in ("normal", "user_defined")}
-    merges = []
-    for piece in sorted(ids, key=lambda p: (-pieces[ids[p]][1], ids[p])):
-        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in ids and piece[k:] in ids]
-        merges += sorted(splits, key=lambda pair: (ids[pair[0]], ids[pair[1]]))
-    return merges
-
-
-def _check_sentencepiece_for_hf(tok: SentencePieceTokenizer) -> None:
-    "Refuse SentencePiece settings that the Hugging Face BPE pipeline cannot reproduce."
-    spec, norm = tok.trainer_spec, tok.normalizer_spec
-    problems = []
-    if spec.get("model_type", "unigram") != "bpe":
-        problems.append(f"model_type={spec.get('model_type', 'unigram')!r} (only 'bpe', Llama's kind)")
-    if norm.get("name", "nmt_nfkc") != "identity":
-        problems.append(f"normalization rule {norm.get('name', 'nmt_nfkc')!r} (only 'identity')")
-    if norm.get("remove_extra_whitespaces", True):
-        problems.append("remove_extra_whitespaces=True")
-    if spec.get("treat_whitespace_as_suffix"):
-        problems.append("treat_whitespace_as_suffix=True")
-    if problems:
-        raise ValueError(f"this SentencePiece model cannot be written as tokenizer.json: {'; '.join(problems)}")
-
-# %% ../nbs/01_tokenizer.ipynb #786a0b21
-def hf_tokenizer(tok: Tokenizer):
-    """`tok` as a Hugging Face `tokenizers.Tokenizer` (the contents of `tokenizer.json`) that gives the same ids:
-    a byte-level BPE for `BPETokenizer`, a byte-fallback BPE with a `▁` normalizer for a SentencePiece BPE model.
-    Special tokens are added as special; the post-processor puts BOS first, as `encode(text, bos=True)` does."""
-    from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors
-
-    if isinstance(tok, BPETokenizer):
-        hf = HFTokenizer(models.BPE(vocab={_token_str(t): i for i, t in enumerate(tok.vocab)},
-                                    merges=[(_token_str(a), _token_str(b)) for a, b in bpe_merges(tok.vocab)],
-                                    ignore_merges=True))  # tiktoken takes a piece that is a token whole
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(hf_split_pattern(tok.pattern)), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        hf.decoder = decoders.ByteLevel()
-        added = [AddedToken(s, special=True, normalized=False) for s in tok.special_tokens]
-    elif isinstance(tok, SentencePieceTokenizer):
-        _check_sentencepiece_for_hf(tok)
-        pieces = tok.model["pieces"]
-        unk = next((p for p, _, kind in pieces if kind == "unknown"), None)
-        hf = HFTokenizer(models.BPE(vocab={p: i for i, (p, _, _) in enumerate(pieces)}, merges=_sentencepiece_merges(tok),
-                                    unk_token=unk, fuse_unk=True, byte_fallback=bool(tok.trainer_spec.get("byte_fallback"))))
-        prefix = tok.normalizer_spec.get("add_dummy_prefix", True)
-        hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * prefix + [normalizers.Replace(" ", "▁")])
-        hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-                                       + [decoders.Strip(" ", 1, 0)] * prefix)
-        added = [AddedToken(p, special=kind != "user_defined", normalized=False)
-                 for p, _, kind in pieces if kind in ("unknown", "control", "user_defined")]
-    else:
-        raise TypeError(f"cannot convert a {type(tok).__name__}: expected a BPETokenizer or a SentencePieceTokenizer")
-    hf.add_special_tokens(added)
-    if tok.bos_id is not None:
-        bos = _special_name(tok, tok.bos_id)
-        hf.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                                          special_tokens=[(bos, tok.bos_id)])
-    return hf
-
-# %% ../nbs/01_tokenizer.ipynb #13638033
-# TinyLlama-Chat's chat template (Zephyr's), exactly as its tokenizer_config.json holds it
-CHAT_TEMPLATE = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
-                 "{{ '<|user|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n"
-                 "{{ '<|system|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
-                 "{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n{% endif %}\n"
-                 "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
-
-
-def hf_tokenizer_files(tok: Tokenizer, model_max_length: int | None = None) -> dict[str, bytes]:
-    """The files of a Hugging Face tokenizer directory for `tok`, as {file name: bytes}: `tokenizer.json`,
-    `tokenizer_config.json`, `special_tokens_map.json`, and for SentencePiece also `tokenizer.model`.
-    `transformers.AutoTokenizer` reading them gives `tok.encode(text, bos=True)` ids (`add_special_tokens=False`:
-    `tok.encode(text)`), with special tokens in the text kept as text."""
-    hf = hf_tokenizer(tok)
-    roles = {"bos_token": _special_name(tok, tok.bos_id), "eos_token": _special_name(tok, tok.eos_id)}
-    if isinstance(tok, SentencePieceTokenizer):
-        roles["unk_token"] = next((p for p, _, kind in tok.model["pieces"] if kind == "unknown"), None)
-    roles = {k: v for k, v in roles.items() if v is not None}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **roles,
-              "add_bos_token": tok.bos_id is not None, "add_eos_token": False, "split_special_tokens": True,
-              "clean_up_tokenization_spaces": False,
-              "added_tokens_decoder": {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
-                                                "single_word": False, "special": True}
-                                       for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])}}
-    if model_max_length is not None:
-        config["model_max_length"] = model_max_length
-    if tok.eos_id is not None:
-        config["chat_template"] = CHAT_TEMPLATE
-
-    def dump(d: dict) -> bytes:
-        return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-    files = {"tokenizer.json": hf.to_str(pretty=True).encode("utf-8"), "tokenizer_config.json": dump(config),
-             "special_tokens_map.json": dump(roles)}
-    if isinstance(tok, SentencePieceTokenizer):
-        files[SentencePieceTokenizer.FILENAME] = tok.model_proto
-    return files
-
-# %% ../nbs/01_tokenizer.ipynb #879dbf38
-def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike, model_max_length: int | None = None) -> list[Path]:
-    """Write `tok` as a Hugging Face tokenizer into directory `path` (created if needed; `hf_tokenizer_files` says
-    what goes in). Each file is written atomically. Returns the paths written."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"'{path}' exists and is not a directory")
-    written = []
-    path.mkdir(parents=True, exist_ok=True)
-    for name, data in hf_tokenizer_files(tok, model_max_length).items():
-        write_atomic(path / name, data)
-        written.append(path / name)
-    return written
-
-# %% ../nbs/01_tokenizer.ipynb #47501ad1
-def _hf_bpe_pattern(pre_tokenizer: dict | None) -> str:
-    "The tiktoken split pattern behind a `tokenizer.json` pre-tokenizer written by `hf_tokenizer`."
-    steps = (pre_tokenizer or {}).get("pretokenizers") or [pre_tokenizer or {}]
-    splits = [s for s in steps if s.get("type") == "Split"]
-    if not splits or not any(s.get("type") == "ByteLevel" for s in steps):
-        raise ValueError("its pre-tokenizer is not a Split pattern followed by ByteLevel")
-    pattern = splits[0]["pattern"].get("Regex") or regex.escape(splits[0]["pattern"].get("String", ""))
-    return GPT4_SPLIT_PATTERN if pattern == hf_split_pattern(GPT4_SPLIT_PATTERN) else pattern
-
-
-def read_hf_bpe(path: str | os.PathLike) -> BPETokenizer:
-    """A `BPETokenizer` from a Hugging Face byte-level BPE `tokenizer.json` (or the directory holding it, whose
-    `tokenizer_config.json` names BOS and EOS) laid out as `hf_tokenizer` writes it: the 256 byte tokens first in
-    byte order, each later token two earlier ones joined, the special tokens last."""
-    path = Path(path).expanduser()
-    folder, file = (path, path / "tokenizer.json") if path.is_dir() else (path.parent, path)
-    try:
-        d = json.loads(file.read_text(encoding="utf-8"))
-        model = d.get("model") or {}
-        if model.get("type") != "BPE":
-            raise ValueError(f"its model is {model.get('type')!r}, not a BPE")
-        vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-        if [i for _, i in vocab] != list(range(len(vocab))):
-            raise ValueError("its vocabulary ids are not 0, 1, 2, ... without gaps")
-        try:
-            tokens = [_token_bytes(s) for s, _ in vocab]
-        except KeyError:
-            raise ValueError("its tokens are not byte-level (GPT-2 byte characters)") from None
-        if tokens[:256] != [bytes([b]) for b in range(256)]:
-            raise ValueError("its first 256 tokens are not the 256 bytes in order")
-        made_from, known = [], set(tokens[:256])
-        for t in tokens[256:]:
-            split = next((k for k in range(1, len(t)) if t[:k] in known and t[k:] in known), None)
-            if split is None:
-                raise ValueError(f"token {_token_str(t)!r} is not two earlier tokens joined")
-            made_from.append((t[:split], t[split:]))
-            known.add(t)
-        added = sorted((a for a in d.get("added_tokens", []) if a.get("special")), key=lambda a: a["id"])
-        if [a["id"] for a in added] != list(range(len(tokens), len(tokens) + len(added))):
-            raise ValueError("its special tokens do not follow the vocabulary")
-        config_file = folder / "tokenizer_config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        role = lambda v: v.get("content") if isinstance(v, dict) else v
-        return BPETokenizer(made_from, [a["content"] for a in added], _hf_bpe_pattern(d.get("pre_tokenizer")),
-                            bos=role(config.get("bos_token")), eos=role(config.get("eos_token")))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no tokenizer at '{file}': the file does not exist") from None
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        reason = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        raise ValueError(f"'{file}' is not a byte-level BPE tokenizer.json minillm can read: {reason}") from None
-
-# %% ../nbs/01_tokenizer.ipynb #423ba2ee
-def _sniff_hf_bpe(path: Path) -> bool:
-    "A Hugging Face `tokenizer.json`, or a directory holding one?"
-    if path.is_dir():
-        return (path / "tokenizer.json").is_file()
-    return re.match(rb'\s*\{\s*"version"\s*:', _head(path)) is not None and b'"truncation"' in _head(path, 4096)
-
-
-register_tokenizer_format(TokenizerFormat("hf-tokenizer-json", "a Hugging Face byte-level BPE tokenizer.json",
-                                          _sniff_hf_bpe, read_hf_bpe), first=False)

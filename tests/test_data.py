@@ -1,8 +1,7 @@
-"""Tests for minillm.data: sources, packed shards and their manifest, the loader's invariants, bad inputs.
+"""Tests for minillm.data: packed shards and their manifest, the loader's invariants, bad inputs.
 
 Kept light at import time: worker processes (spawned) import this module to unpickle the stand-in tokenizers.
 """
-import gzip
 import hashlib
 import json
 import math
@@ -11,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minillm import corpora as C
 from minillm import data as D
+from minillm.prepare import prepare_mixture
 
 
 class ByteTok:
@@ -166,12 +167,12 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
     assert texts[0] in decoded["val"] and texts[2] in decoded["val"]  # the first min_val_documents
     assert 0.1 < len(decoded["val"]) / len(texts) < 0.35
     # the rule itself: the same decisions on every pass over the stream
-    a, b = D.Splitter(0.2, 3), D.Splitter(0.2, 3)
+    a, b = C.Splitter(0.2, 3), C.Splitter(0.2, 3)
     assert [a(t) for t in texts] == [b(t) for t in texts]
-    only_first = D.Splitter(0.0, 1)
+    only_first = C.Splitter(0.0, 1)
     assert [only_first(t) for t in ["x", "y", "x", "z"]] == ["val", "train", "val", "train"]
     with pytest.raises(ValueError, match="val_fraction"):
-        D.Splitter(1.0)
+        C.Splitter(1.0)
     # a different chunking gives the very same shards
     out2, m2 = make(tmp_path, texts, tok, name="ds2", val_fraction=0.2, min_val_documents=3, chunk_bytes=100)
     assert m2["fingerprint"] == m["fingerprint"]
@@ -473,85 +474,6 @@ def test_eval_set_too_short(tmp_path):
 # ---------------------------------------------------------------- sources
 
 
-def test_text_jsonl_parquet_and_folder_sources(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = tmp_path / "corpus"
-    (root / "sub" / "deeper").mkdir(parents=True)
-    (root / "b.txt").write_text("plain text file")
-    (root / "a.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "x": 1}\n')
-    with gzip.open(root / "sub" / "c.jsonl.gz", "wt") as f:
-        f.write('{"content": "zipped", "text": "three"}\n')
-    pq.write_table(pa.table({"text": ["row one", None, "row three"], "n": [1, 2, 3]}), root / "sub" / "deeper" / "d.parquet")
-    (root / ".hidden.txt").write_text("never read")
-    (root / "sub" / "image.bin").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x81]))
-    with pytest.warns(UserWarning, match="skipped 1 file.*sub/image.bin"):
-        docs = list(D.local_documents(root))
-    assert [d.text for d in docs] == ["one", "two", "plain text file", "three", "row one", "row three"]
-    assert docs[0].name == "a.jsonl:1" and docs[1].name == "a.jsonl:3"
-    # the same through command-line specs, one file at a time
-    assert [d.text for d in D.Source.parse(str(root / "b.txt")).documents()] == ["plain text file"]
-    assert [d.text for d in D.Source.parse(f"{root}/sub/c.jsonl.gz?field=content").documents()] == ["zipped"]
-    assert [d.text for d in D.Source.parse(f"{root}/sub/deeper/d.parquet").documents()] == ["row one", "row three"]
-    assert [d.text for d in D.Source.parse(f"{root}?max_documents=2").documents()] == ["one", "two"]
-
-
-def test_source_bad_inputs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
-        D.local_documents(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="no such file or folder: .*nope.jsonl"):
-        D.parse_data(str(tmp_path / "nope.jsonl"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no files"):
-        D.local_documents(tmp_path / "empty")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: no text field 'text' \(found: body\); name the field with \?field=NAME"):
-        list(D.local_documents(bad))
-    bad.write_text('{"text": "ok"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON line"):
-        list(D.local_documents(bad))
-    binary = tmp_path / "blob.txt"
-    binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ValueError, match="not UTF-8 text"):
-        list(D.local_documents(binary))
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "t.parquet")
-    with pytest.raises(ValueError, match=r"no column 'text' \(columns: body\)"):
-        list(D.local_documents(tmp_path / "t.parquet"))
-
-
-def test_parse_data_specs_and_mixtures(tmp_path):
-    mix = D.parse_data("tinyllama")
-    assert [(s.kind, s.target, s.weight) for s in mix] == [
-        ("hf", "cerebras/SlimPajama-627B", 0.7), ("hf", "bigcode/starcoderdata", 0.3)]
-    assert D.HF_DATASETS["bigcode/starcoderdata"]["field"] == "content"
-    keep = D.HF_DATASETS["cerebras/SlimPajama-627B"]["keep"]
-    assert keep({"meta": {"redpajama_set_name": "RedPajamaC4"}}) and not keep({"meta": {"redpajama_set_name": "RedPajamaGithub"}})
-    s = D.parse_data(["builtin?max_bytes=2e6&kinds=prose@3", "builtin?kinds=code@1"])
-    assert [x.weight for x in s] == [0.75, 0.25]
-    assert s[0].options == {"max_bytes": 2_000_000, "kinds": ("prose",)}
-    assert s[0].spec == "builtin?kinds=prose&max_bytes=2000000"
-    assert D.parse_data("hf:roneneldan/TinyStories")[0].target == "roneneldan/TinyStories"
-    half = D.parse_data(["tinyllama@1", "builtin@1"])
-    assert [x.weight for x in half] == pytest.approx([0.35, 0.15, 0.5])
-    f = tmp_path / "weird@2.txt"  # an existing path is taken literally
-    f.write_text("x")
-    assert D.parse_data(str(f))[0].target == str(f)
-    for bad, err in [("builtin?max_byte=1", "unknown option 'max_byte'.*valid: kinds"),
-                     ("builtin?max_bytes=-5", "must be a positive whole number"),
-                     ("builtin?kinds=poetry", "kinds must be among code, prose"),
-                     ("builtin@0", "weight after '@' must be a positive number"),
-                     ("hf:", "name the dataset after 'hf:'"), ("", "empty data source")]:
-        with pytest.raises(ValueError, match=err):
-            D.parse_data(bad)
-    with pytest.raises(ValueError, match="no data source"):
-        D.parse_data([])
-
-
 def test_hf_streaming_and_saved_dataset(tmp_path, monkeypatch):
     import datasets
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -561,71 +483,22 @@ def test_hf_streaming_and_saved_dataset(tmp_path, monkeypatch):
         p = tmp_path / f"part{i}.jsonl"
         p.write_text("".join(json.dumps({"story": f"story {i}.{k}", "meta": {}}) + "\n" for k in range(3)))
         files.append(str(p))
-    src = D.Source.parse(f"hf:json?data_files={','.join(files)}&field=story&max_documents=5")
+    src = C.Source.parse(f"hf:json?data_files={','.join(files)}&field=story&max_documents=5")
     docs = list(src.documents())
     assert [d.text for d in docs] == ["story 0.0", "story 0.1", "story 0.2", "story 1.0", "story 1.1"]
     # the real streaming path: load_dataset(..., streaming=True) returns an IterableDataset
     ds = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
     assert isinstance(ds, datasets.IterableDataset)
     with pytest.raises(ValueError, match=r"no field 'text' \(fields: story, meta\)"):
-        list(D.hf_documents("json", data_files=files))
+        list(C.hf_documents("json", data_files=files))
     saved = tmp_path / "saved"
     datasets.Dataset.from_list([{"text": "saved one"}, {"text": "saved two"}]).save_to_disk(str(saved))
-    assert [d.text for d in D.parse_data(f"hf:{saved}")[0].documents()] == ["saved one", "saved two"]
+    assert [d.text for d in C.parse_data(f"hf:{saved}")[0].documents()] == ["saved one", "saved two"]
     # and into shards
     tok = ByteTok()
     m = D.prepare(f"hf:{saved}", tok, tmp_path / "tok", num_workers=0, progress=False, val_fraction=0.0, min_val_documents=0)
     assert m["documents"] == 2 and "hf:" in m["source"]
     assert shard_tokens(tmp_path / "tok", m, "train").tolist() == framed(["saved one", "saved two"], tok)
-
-
-def fake_stdlib(root: Path):
-    (root / "pkg").mkdir(parents=True)
-    (root / "alpha.py").write_text('"""Alpha module."""\n\ndef f():\n    """Does f."""\n    return 1\n')
-    (root / "pkg" / "__init__.py").write_text("X = 1\n")
-    (root / "pkg" / "beta.py").write_text('class B:\n    """A B."""\n    def m(self):\n        """Method m."""\n')
-    for skipped in ("test", "site-packages", "idlelib/idle_test", "__pycache__"):
-        (root / skipped).mkdir(parents=True, exist_ok=True)
-        (root / skipped / "skip_me.py").write_text('"""Never read."""\n')
-    (root / "encodings").mkdir()
-    (root / "encodings" / "cp0.py").write_text('""" Python Character Mapping Codec generated from x.txt """\n')
-    (root / "_sysconfigdata__linux.py").write_text("build_time_vars = {}\n")
-    (root / "pydoc_data").mkdir()
-    (root / "pydoc_data" / "topics.py").write_text("# Autogenerated by Sphinx\ntopics = {'with': 'The with statement\\n', 'if': 'The if statement\\n'}\n")
-    return root
-
-
-def test_builtin_corpus_on_a_fake_stdlib(tmp_path):
-    root = fake_stdlib(tmp_path / "lib")
-    files = [p.relative_to(root).as_posix() for p in D.stdlib_files(root)]
-    assert files == ["alpha.py", "pkg/__init__.py", "pkg/beta.py"]
-    docs = list(D.builtin_corpus(root=root))
-    by_name = {(d.kind, d.name): d.text for d in docs}
-    assert set(by_name) == {("code", "alpha.py"), ("code", "pkg/__init__.py"), ("code", "pkg/beta.py"),
-                            ("prose", "alpha.py"), ("prose", "pkg/beta.py"), ("prose", "help/if"), ("prose", "help/with")}
-    assert by_name[("prose", "alpha.py")] == "alpha\nAlpha module.\n\nalpha.f\nDoes f."
-    assert by_name[("prose", "pkg/beta.py")] == "pkg.beta.B\nA B.\n\npkg.beta.B.m\nMethod m."
-    assert by_name[("prose", "help/with")] == "The with statement"
-    assert [d.name for d in docs] == [d.name for d in D.builtin_corpus(root=root)]  # deterministic
-    assert {d.kind for d in D.builtin_corpus(kinds=["code"], root=root)} == {"code"}
-    capped = list(D.builtin_corpus(max_bytes=60, root=root))
-    assert sum(len(d.text.encode()) for d in capped) <= 60
-    assert [d.name for d in capped] == [d.name for d in docs[:len(capped)]]
-    with pytest.raises(ValueError, match="choose from code, prose"):
-        D.builtin_corpus(kinds=["poems"])
-    with pytest.raises(FileNotFoundError, match="standard library folder not found"):
-        D.stdlib_files(tmp_path / "nowhere")
-
-
-def test_builtin_corpus_on_this_python():
-    docs = list(D.builtin_corpus(max_documents=40))
-    assert len(docs) == 40
-    assert {d.kind for d in docs} == {"code", "prose"}
-    assert not any("site-packages" in d.name or d.name.startswith("test/") or "/test/" in d.name for d in docs)
-    assert [d.name for d in docs] == [d.name for d in D.builtin_corpus(max_documents=40)]
-    capped = list(D.builtin_corpus(max_bytes=200_000))
-    assert 0 < sum(len(d.text.encode()) for d in capped) <= 200_000
-    assert D.Source.parse("builtin?max_bytes=200000").describe().startswith("builtin?max_bytes=200000 (Python ")
 
 
 def test_prepare_mixture_reuses_folders(tmp_path):
@@ -636,10 +509,10 @@ def test_prepare_mixture_reuses_folders(tmp_path):
     b.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(30, seed=1)))
     kw = dict(num_workers=0, progress=False, val_fraction=0.2, min_val_documents=0)
     with pytest.raises(ValueError, match="no training documents|empty"):
-        D.prepare_mixture([f"{a}@1"], tok, tmp_path / "cache", **{**kw, "min_val_documents": 1})
-    mix = D.prepare_mixture([f"{b}@3", f"{b}?max_documents=10@1"], tok, tmp_path / "cache", **kw)
+        prepare_mixture([f"{a}@1"], tok, tmp_path / "cache", **{**kw, "min_val_documents": 1})
+    mix = prepare_mixture([f"{b}@3", f"{b}?max_documents=10@1"], tok, tmp_path / "cache", **kw)
     assert mix.weights == [0.75, 0.25] and len({ds.path for ds in mix.datasets}) == 2
-    again = D.prepare_mixture([f"{b}@3", f"{b}?max_documents=10@1"], tok, tmp_path / "cache", **kw)
+    again = prepare_mixture([f"{b}@3", f"{b}?max_documents=10@1"], tok, tmp_path / "cache", **kw)
     assert again.identity == mix.identity
     with pytest.raises(ValueError, match="is a mixture of 2 sources"):
         D.prepare("tinyllama", tok, tmp_path / "x")
@@ -652,15 +525,15 @@ def test_edited_local_text_is_tokenized_again(tmp_path):
     b = tmp_path / "b.jsonl"
     b.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(30, seed=1)))
     kw = dict(num_workers=0, progress=False, val_fraction=0.2, min_val_documents=0)
-    before = D.prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
-    fp = D.local_fingerprint(b)
+    before = prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
+    fp = C.local_fingerprint(b)
     b.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(40, seed=2)))
-    assert D.local_fingerprint(b) != fp
-    after = D.prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
+    assert C.local_fingerprint(b) != fp
+    after = prepare_mixture([str(b)], tok, tmp_path / "cache", **kw)
     assert after.datasets[0].path != before.datasets[0].path
     assert len(after.datasets[0]) != len(before.datasets[0])
     with pytest.raises(FileNotFoundError, match="no such file or folder: .*gone"):
-        D.local_fingerprint(tmp_path / "gone")
+        C.local_fingerprint(tmp_path / "gone")
 
 class NoBosTok(ByteTok):
     "A tokenizer without a BOS token (some have none)."
@@ -713,7 +586,7 @@ def test_real_tokenizer_pickled_and_from_file(tmp_path):
     from_file = D.prepare(texts, str(path), tmp_path / "from_file", name="c", **kw)
     assert pickled["fingerprint"] == from_file["fingerprint"]
     assert pickled["tokenizer"] == dict(fingerprint=tok.fingerprint, vocab_size=300, bos_id=tok.bos_id, eos_id=tok.eos_id)
-    split = D.Splitter(0.1, 1)
+    split = C.Splitter(0.1, 1)
     train = [t for t in texts if split(t) == "train"]
     assert shard_tokens(tmp_path / "pickled", pickled, "train").tolist() == framed(train, tok)
     ds = D.TokenDataset(tmp_path / "from_file", tokenizer=Tokenizer.load(path), check_ids=True, verify=True)

@@ -74,7 +74,7 @@ metric_list:
 def ckpt(tmp_path_factory):
     """A run folder from `minillm train` (debug preset, 3 steps), its Hugging Face export, and a local multiple-choice
     task (YAML and data written here)."""
-    from minillm.data import builtin_corpus
+    from minillm.corpora import builtin_corpus
 
     d = tmp_path_factory.mktemp("eval")
     (d / "text.txt").write_text("\n\n".join(doc.text for doc in builtin_corpus(max_bytes=120_000)), encoding="utf-8")

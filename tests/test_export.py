@@ -27,16 +27,8 @@ from minillm.generate import generate
 from minillm.hf import save_hf
 from minillm.model import Llama
 from minillm.rope import half_to_interleaved, interleaved_to_half
-from minillm.tokenizer import (
-    GPT4_SPLIT_PATTERN,
-    BPETokenizer,
-    Tokenizer,
-    bpe_merges,
-    bytes_to_unicode,
-    hf_split_pattern,
-    hf_tokenizer,
-    save_hf_tokenizer,
-)
+from minillm.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer, Tokenizer
+from minillm.tokenizer_files import bpe_merges, bytes_to_unicode, hf_split_pattern, hf_tokenizer, save_hf_tokenizer
 
 import gguf  # noqa: E402
 import transformers  # noqa: E402

@@ -25,7 +25,7 @@ def env():
 def work(tmp_path_factory):
     """A folder of text the way corpora come: text files in subfolders, a JSON-lines file, an empty file; and a
     small BPE tokenizer saved to a file."""
-    from minillm.data import builtin_corpus
+    from minillm.corpora import builtin_corpus
     from minillm.tokenizer import Tokenizer
 
     d = tmp_path_factory.mktemp("prepare")
@@ -60,7 +60,8 @@ def documents(folder, split):
 
 def reference(source, tok, out):
     "One pass over the source in this process: `minillm.data.prepare` as `train` uses it."
-    from minillm.data import Source, prepare
+    from minillm.corpora import Source
+    from minillm.data import prepare
 
     prepare(Source.parse(str(source)), tok, out, num_workers=0, progress=False)
     return out
@@ -90,7 +91,7 @@ def test_split_files_into_contiguous_groups_of_equal_bytes():
 
 
 def test_plan_goes_by_files_where_there_are_files_else_by_rows(work):
-    from minillm.data import Source
+    from minillm.corpora import Source
     from minillm.prepare import plan_pieces
 
     folder = Source.parse(str(work / "corpus"))
@@ -110,7 +111,7 @@ def test_parts_prepared_by_k_processes_and_merged_hold_exactly_the_single_pass(w
     `--merge`: the same documents, token for token, in the same splits, as one pass in one process; and every
     document of the corpus, encoded on its own, is there once."""
     from minillm.cli import main
-    from minillm.data import Source
+    from minillm.corpora import Source
     from minillm.tokenizer import Tokenizer
 
     out = tmp_path / "out"
@@ -188,7 +189,7 @@ def test_max_tokens_keeps_the_first_documents_up_to_the_count(work, tmp_path, ca
     """`--max-tokens 2e4`: the documents of the stream, in order, up to the one that reaches 20,000 tokens; counted
     here by encoding the documents one by one."""
     from minillm.cli import main
-    from minillm.data import Source
+    from minillm.corpora import Source
     from minillm.tokenizer import Tokenizer
 
     assert main(["prepare", "--data", str(work / "corpus"), "--tokenizer", str(work / "tok.bpe.json"), "--out",

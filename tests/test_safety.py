@@ -24,7 +24,7 @@ import minillm.train as T
 from minillm import checkpoint as C
 from minillm.cli import main
 from minillm.config import LlamaConfig
-from minillm.data import builtin_corpus
+from minillm.corpora import builtin_corpus
 from minillm.checkpoint import Checkpoint, load_model
 from minillm.config import TrainConfig
 from minillm.metrics import MetricsLog

@@ -20,8 +20,8 @@ import minillm.train as T
 from minillm import distributed as D
 from minillm.attention import KVCache
 from minillm.config import LlamaConfig
-from minillm.data import (Loader, Splitter, TokenDataset, builtin_corpus, fit_micro_batch, local_documents, permute,
-                          prepare, training_documents)
+from minillm.corpora import Splitter, builtin_corpus, local_documents, training_documents
+from minillm.data import Loader, TokenDataset, fit_micro_batch, permute, prepare
 from minillm.pretrain import activation_elements, plan_run
 from minillm.checkpoint import Checkpoint, load_model
 from minillm.config import TrainConfig

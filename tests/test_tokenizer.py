@@ -21,13 +21,13 @@ from minillm.tokenizer import (
     Tokenizer,
     TokenizerFormat,
     python_stdlib_texts,
-    read_sentencepiece_model,
     register_tokenizer_format,
     tinyllama_tokenizer_path,
     tokens_html,
     train_bpe,
     train_bpe_naive,
 )
+from minillm.tokenizer_files import read_sentencepiece_model
 
 from conftest import TOKENIZER_TEXTS as MULTILINGUAL  # noqa: E402  (the texts the shared fixtures train on)
 

@@ -11,7 +11,8 @@ from torch import nn
 
 import minillm.train as T
 from minillm.config import LlamaConfig
-from minillm.data import Loader, builtin_corpus
+from minillm.corpora import builtin_corpus
+from minillm.data import Loader
 from minillm.checkpoint import Checkpoint, find_checkpoint, load_model, save_checkpoint
 from minillm.config import TrainConfig
 from minillm.metrics import MetricsLog

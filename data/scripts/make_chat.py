@@ -16,7 +16,7 @@ import random
 import warnings
 from pathlib import Path
 
-from minillm.data import stdlib_files, stdlib_root
+from minillm.corpora import stdlib_files, stdlib_root
 
 OUT = Path(__file__).resolve().parent.parent / "chat.jsonl"
 SYSTEM = "You are a concise assistant who answers questions about the Python standard library."

@@ -12,7 +12,7 @@ Two kinds of item, each with one true ending and three taken from other modules:
 
 Context and ending meet at a space (the ending starts with it), so they are joined with nothing in between and
 every tokenizer splits them there. Only modules outside the toy preset's training text are used (the first 6 MB of
-`minillm.data.builtin_corpus`, in its fixed order), so a toy model never read them. The same interpreter version
+`minillm.corpora.builtin_corpus`, in its fixed order), so a toy model never read them. The same interpreter version
 gives the same file:
 
     python data/scripts/make_stdlib_mc.py            # writes data/stdlib_mc.jsonl
@@ -30,7 +30,7 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from minillm.data import builtin_corpus, stdlib_files, stdlib_root
+from minillm.corpora import builtin_corpus, stdlib_files, stdlib_root
 from minillm.tokenizer import Tokenizer, python_stdlib_texts
 
 OUT = Path(__file__).resolve().parent.parent / "stdlib_mc.jsonl"
