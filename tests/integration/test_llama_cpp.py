@@ -11,8 +11,6 @@ longer than CI allows. To run it:
 """
 import contextlib
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minillm.config import LlamaConfig
+from minillm.export import _quiet_stderr as quiet  # llama.cpp prints from C as well
 from minillm.export import load_gguf, save_gguf
 from minillm.generate import generate
 from minillm.model import Llama
@@ -76,19 +75,6 @@ def cpp():
     return llama_cpp
 
 
-@contextlib.contextmanager
-def quiet():
-    "Silence llama.cpp's notes, printed from C (file descriptor 2) and through Python's sys.stderr."
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 @pytest.fixture(scope="module")
