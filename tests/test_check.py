@@ -31,6 +31,7 @@ C11A, C11B, C11C, C11D, C11E, C11F = (chapter(n) for n in (
 C12, C13, C14 = chapter("12_distributed"), chapter("13_pretrain"), chapter("14_export")
 C02B = chapter("02b_prepare")
 C21 = chapter("21_finetune")
+C01B, C02C, C09B = chapter("01b_tokenizer_files"), chapter("02_corpora"), chapter("09b_metrics")
 
 
 # Wrong answers: the mistakes a learner is likely to make. Each row: chapter module, check name, a wrong function,
@@ -128,6 +129,29 @@ def _shard_drawn_alone(shape, seed, rank, world_size):  # every rank draws its p
     return torch.randn((rows, *shape[1:]), generator=torch.Generator().manual_seed(seed))
 
 
+def _splits_first_documents(keys, val_fraction, min_val):  # forces the first documents to val, not the first units
+    return ["val" if i < min_val else s for i, s in enumerate(C02C.document_splits(keys, val_fraction, 0))]
+
+
+def _limit_by_characters(texts, max_documents, max_bytes):  # counts characters, not UTF-8 bytes
+    out = []
+    for t in texts:
+        if (max_documents is not None and len(out) >= max_documents) or (
+                max_bytes is not None and sum(map(len, out)) + len(t) > max_bytes):
+            break
+        out.append(t)
+    return out
+
+
+def _smooth_every_step(losses):  # one value per step, the first windows short, instead of full windows only
+    k = max(1, len(losses) // 20)
+    return [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+
+
+def _metrics_all_rows(text, resume_step):  # keeps the rows after the resume step, which the run will write again
+    return C09B.resumed_metrics(text, 10**9)
+
+
 def _mfu_with_embedding(tps, cfg, seq_len, peak):
     return tps * (6 * cfg.n_params + 12 * cfg.n_layers * cfg.dim * seq_len) / (peak * 1e12)
 
@@ -166,6 +190,13 @@ WRONG = [
     (C11F, "install_seams", _install_without_loss, "calls per forward pass"),
     (C12, "data_parallel_grads", lambda m, x, y, W: [g * W for g in C12.data_parallel_grads(m, x, y, W)], "world_size=2"),
     (C12, "sharded_init", _shard_drawn_alone, "rank 1 of 2"),
+    (C01B, "tokenizer_format", lambda head: "tokenizer.json" if head.lstrip().startswith(b'{"version"') or
+     head.lstrip().startswith(b'{\n  "version"') else C01B.tokenizer_format(head), "config.json"),
+    (C01B, "varint", lambda data, i: (data[i] & 0x7F, i + 1), "data=b'\\x96\\x01', i=0"),
+    (C02C, "document_splits", _splits_first_documents, "units that repeat, val_fraction=0.0, min_val_documents=2"),
+    (C02C, "limit_documents", _limit_by_characters, "accents and kanji"),
+    (C09B, "smoothed_loss", _smooth_every_step, "a noisy falling curve (403 losses)"),
+    (C09B, "resumed_metrics", _metrics_all_rows, "resume_step=50"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
      "sizes=[5, 1, 1, 1, 1, 1], n=2"),  # splits by the number of files, not by bytes
     (C02B, "projected_hours", lambda b, r, c, n=1, e=1.0: b / (r * c * n) / 3600, "efficiency 0.9"),
@@ -183,8 +214,8 @@ IDS = [name for _, name, _, _ in WRONG]
 
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
-    solved = {n for m in (C00, C01, C02, C02B, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E,
-                          C11F, C12, C13, C14, C21)
+    solved = {n for m in (C00, C01, C01B, C02, C02B, C02C, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E,
+                          C11F, C12, C13, C14, C21, C09B)
               for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
