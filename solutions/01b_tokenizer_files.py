@@ -3,7 +3,7 @@ import re
 
 
 def tokenizer_format(head):
-    "Look at the first bytes: a JSON object naming its format, a protobuf's first field tag (field 1, bytes), or neither."
+    "The first bytes: a JSON object naming its format, a protobuf's first tag (field 1, bytes), or neither."
     if re.match(rb'\s*\{\s*"format"\s*:\s*"minillm-bpe"', head):
         return "minillm-bpe"
     if head[:1] == b"\n":  # tag (1 << 3) | 2: a ModelProto begins with its first piece

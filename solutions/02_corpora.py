@@ -20,7 +20,9 @@ def limit_documents(texts, max_documents, max_bytes):
     out, total = [], 0
     for text in texts:
         size = len(text.encode("utf-8"))
-        if (max_documents is not None and len(out) >= max_documents) or (max_bytes is not None and total + size > max_bytes):
+        if max_documents is not None and len(out) >= max_documents:
+            break
+        if max_bytes is not None and total + size > max_bytes:
             break
         out.append(text)
         total += size

@@ -32,6 +32,7 @@ C12, C13, C14 = chapter("12_distributed"), chapter("13_pretrain"), chapter("14_e
 C02B = chapter("02b_prepare")
 C21 = chapter("21_finetune")
 C01B, C02C, C09B = chapter("01b_tokenizer_files"), chapter("02_corpora"), chapter("09b_metrics")
+C12B, C90, C92 = chapter("12b_checkpoint"), chapter("90_cli"), chapter("92_files")
 
 
 # Wrong answers: the mistakes a learner is likely to make. Each row: chapter module, check name, a wrong function,
@@ -152,6 +153,29 @@ def _metrics_all_rows(text, resume_step):  # keeps the rows after the resume ste
     return C09B.resumed_metrics(text, 10**9)
 
 
+def _newest_folder(path):  # the newest step folder, complete or not, and never `latest`
+    from pathlib import Path
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    steps = sorted([*path.glob("checkpoints/step-*"), *path.glob("step-*")])
+    return steps[-1] if steps else None
+
+
+def _prune_all_but_final(root, keep, final):  # leaves the hidden leftovers of a crashed save behind
+    import shutil
+    from pathlib import Path
+    complete = sorted(p for p in Path(root).glob("step-*") if (p / "state.json").is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        if old != Path(final):
+            shutil.rmtree(old)
+
+
+def _write_in_place(path, data):  # opens the file itself: a crash or an error leaves it cut short
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def _mfu_with_embedding(tps, cfg, seq_len, peak):
     return tps * (6 * cfg.n_params + 12 * cfg.n_layers * cfg.dim * seq_len) / (peak * 1e12)
 
@@ -197,6 +221,10 @@ WRONG = [
     (C02C, "limit_documents", _limit_by_characters, "accents and kanji"),
     (C09B, "smoothed_loss", _smooth_every_step, "a noisy falling curve (403 losses)"),
     (C09B, "resumed_metrics", _metrics_all_rows, "resume_step=50"),
+    (C12B, "find_checkpoint", _newest_folder, "a newest checkpoint without state.json"),
+    (C12B, "prune_checkpoints", _prune_all_but_final, "two leftovers"),
+    (C90, "parse_count", lambda v: int(float(v.replace("_", ""))), "value='1e-3'"),
+    (C92, "write_atomic", _write_in_place, "second hard link"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
      "sizes=[5, 1, 1, 1, 1, 1], n=2"),  # splits by the number of files, not by bytes
     (C02B, "projected_hours", lambda b, r, c, n=1, e=1.0: b / (r * c * n) / 3600, "efficiency 0.9"),
@@ -214,8 +242,8 @@ IDS = [name for _, name, _, _ in WRONG]
 
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
-    solved = {n for m in (C00, C01, C01B, C02, C02B, C02C, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E,
-                          C11F, C12, C13, C14, C21, C09B)
+    solved = {n for m in (C00, C01, C01B, C02, C02B, C02C, C03, C04, C05, C06, C07, C08, C09, C09B, C10, C11A, C11B,
+                          C11C, C11D, C11E, C11F, C12, C12B, C13, C14, C21, C90, C92)
               for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
@@ -254,3 +282,11 @@ def test_a_check_leaves_the_random_state_alone():
     before = torch.get_rng_state()
     check.block_forward(C07.block_forward)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_stub_of_a_file_writer_is_not_attempted_yet(capsys):
+    "check.write_atomic catches what the learner's writer raises; a stub still reads as an open exercise."
+    def write_atomic(path, data):
+        raise NotImplementedError
+    check.write_atomic(write_atomic)
+    assert "check.write_atomic: not attempted yet" in capsys.readouterr().out
