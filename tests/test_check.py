@@ -33,6 +33,7 @@ C02B = chapter("02b_prepare")
 C21 = chapter("21_finetune")
 C01B, C02C, C09B = chapter("01b_tokenizer_files"), chapter("02_corpora"), chapter("09b_metrics")
 C12B, C90, C92 = chapter("12b_checkpoint"), chapter("90_cli"), chapter("92_files")
+C15H = chapter("15_evaluate_harness")
 
 
 # Wrong answers: the mistakes a learner is likely to make. Each row: chapter module, check name, a wrong function,
@@ -223,6 +224,8 @@ WRONG = [
     (C09B, "resumed_metrics", _metrics_all_rows, "resume_step=50"),
     (C12B, "find_checkpoint", _newest_folder, "a newest checkpoint without state.json"),
     (C12B, "prune_checkpoints", _prune_all_but_final, "two leftovers"),
+    (C15H, "harness_request", lambda tok, c, e: ([tok.bos_id] + tok.encode(c), tok.encode(e)),
+     "context='The quick brown fox '"),  # encodes the two apart and leaves the context's trailing space on it
     (C90, "parse_count", lambda v: int(float(v.replace("_", ""))), "value='1e-3'"),
     (C92, "write_atomic", _write_in_place, "second hard link"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
@@ -243,7 +246,7 @@ IDS = [name for _, name, _, _ in WRONG]
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
     solved = {n for m in (C00, C01, C01B, C02, C02B, C02C, C03, C04, C05, C06, C07, C08, C09, C09B, C10, C11A, C11B,
-                          C11C, C11D, C11E, C11F, C12, C12B, C13, C14, C21, C90, C92)
+                          C11C, C11D, C11E, C11F, C12, C12B, C13, C14, C15H, C21, C90, C92)
               for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
