@@ -12,7 +12,8 @@ __all__ = ['assert_close', 'n_params', 'flops_per_token', 'bpe_merge', 'bpe_enco
            'install_seams', 'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name',
            'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution',
            'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets',
-           'lora_merge', 'find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic']
+           'lora_merge', 'find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic',
+           'publish_dir']
 
 # %% ../nbs/91_check.ipynb #65aab308
 # every check as `check.NAME`, from the modules that keep them (a module's `__all__` is its checks)
@@ -31,4 +32,5 @@ _all_ = [assert_close, n_params, flops_per_token, bpe_merge, bpe_encode, tokeniz
          sharded_init, mfu, accum_steps, q8_0, gguf_name, sliding_windows, bits_per_byte, choice_scores,
          expected_tokens_per_call, residual_distribution, accept_or_resample, quantize_int8, quantize_int4,
          gptq_quantize, chat_render, chat_targets, lora_merge,
-         find_checkpoint, prune_checkpoints, harness_request, parse_count, write_atomic]  # noqa: F405
+         find_checkpoint, prune_checkpoints, harness_request, parse_count, write_atomic,
+         publish_dir]  # noqa: F405

@@ -12,7 +12,7 @@ from pathlib import Path
 from .check_runner import _call, _exercise, _NotAttempted, _run, _same
 
 # %% auto #0
-__all__ = ['find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic']
+__all__ = ['find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic', 'publish_dir']
 
 # %% ../nbs/91d_check_tools.ipynb #9b8f5b84
 _RUNS = {  # run folders: the files each holds (a `latest` file holds the folder it names)
@@ -192,3 +192,30 @@ def write_atomic(fn):
         _same("check.write_atomic", sorted(got), sorted(want), f"{where}: the names in the folder after")
         _same("check.write_atomic", got, want, f"{where}: the files' bytes after")
     return f"{len(cases)} writes"
+
+# %% ../nbs/91d_check_tools.ipynb #11c48efb
+@_exercise
+def publish_dir(fn):
+    """Check `fn(tmp, final)`: the finished folder `tmp` put in place as `final` in one rename, an existing `final`
+    moved aside first and removed only once the new one is in place, nothing left behind (no `tmp`, no old copy);
+    against `minillm.files.publish_dir`, comparing the parent folder afterwards."""
+    from minillm.files import publish_dir
+
+    layouts = [("a new folder", {".run.tmp/model.safetensors": b"new", ".run.tmp/config.json": b"{}"}),
+               ("replacing a folder", {".run.tmp/model.safetensors": b"new", "run/model.safetensors": b"old",
+                                       "run/stale.txt": b"gone"}),
+               ("a folder with a subfolder",
+                {".run.tmp/a/b.txt": b"deep", "run/a/b.txt": b"old", "other.txt": b"keep"})]
+    for what, files in layouts:
+        where = f"{what} ({', '.join(files)}), tmp='.run.tmp', final='run'"
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            for d in (a, b):
+                for name, content in files.items():
+                    (Path(d) / name).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(d) / name).write_bytes(content)
+            publish_dir(Path(a) / ".run.tmp", Path(a) / "run")
+            _call("check.publish_dir", fn, where, Path(b) / ".run.tmp", Path(b) / "run")
+            want, got = _folder(Path(a)), _folder(Path(b))
+        _same("check.publish_dir", sorted(got), sorted(want), f"{where}: the files in the folder after")
+        _same("check.publish_dir", got, want, f"{where}: the files' bytes after")
+    return f"{len(layouts)} folders"

@@ -17,3 +17,17 @@ def write_atomic(path, data):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_dir(tmp, final):
+    "Move an existing `final` aside, rename `tmp` into place, then delete the old copy."
+    import shutil
+    import uuid
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old)

@@ -177,6 +177,11 @@ def _write_in_place(path, data):  # opens the file itself: a crash or an error l
         f.write(data)
 
 
+def _publish_by_copy(tmp, final):  # copies the files over: stale files of the old folder stay, tmp stays too
+    import shutil
+    shutil.copytree(tmp, final, dirs_exist_ok=True)
+
+
 def _mfu_with_embedding(tps, cfg, seq_len, peak):
     return tps * (6 * cfg.n_params + 12 * cfg.n_layers * cfg.dim * seq_len) / (peak * 1e12)
 
@@ -228,6 +233,7 @@ WRONG = [
      "context='The quick brown fox '"),  # encodes the two apart and leaves the context's trailing space on it
     (C90, "parse_count", lambda v: int(float(v.replace("_", ""))), "value='1e-3'"),
     (C92, "write_atomic", _write_in_place, "second hard link"),
+    (C92, "publish_dir", _publish_by_copy, "a new folder"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
      "sizes=[5, 1, 1, 1, 1, 1], n=2"),  # splits by the number of files, not by bytes
     (C02B, "projected_hours", lambda b, r, c, n=1, e=1.0: b / (r * c * n) / 3600, "efficiency 0.9"),
