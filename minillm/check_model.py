@@ -11,9 +11,10 @@ import torch
 from .check_runner import _call, _desc, _exercise, _randn, _run, _same, _TOL
 
 # %% auto #0
-__all__ = ['n_params', 'flops_per_token', 'bpe_merge', 'bpe_encode', 'pack', 'xy', 'split_files', 'projected_hours', 'rmsnorm',
-           'layer_norm', 'apply_rope', 'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu',
-           'llama_ffn_dim', 'lm_loss', 'block_forward', 'to_hf_name', 'safetensors_header']
+__all__ = ['n_params', 'flops_per_token', 'bpe_merge', 'bpe_encode', 'tokenizer_format', 'varint', 'pack', 'xy',
+           'document_splits', 'limit_documents', 'split_files', 'projected_hours', 'rmsnorm', 'layer_norm',
+           'apply_rope', 'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss',
+           'block_forward', 'to_hf_name', 'safetensors_header']
 
 # %% ../nbs/91b_check_model.ipynb #59d06f68
 @_exercise
@@ -67,6 +68,51 @@ def bpe_encode(fn):
     cases = [(f"text {t[:40]!r} and a {len(vocab)}-token vocabulary", (t, vocab)) for t in samples]
     return f"{_run('check.bpe_encode', fn, lambda t, v: enc.encode_ordinary(t), cases)} texts"
 
+# %% ../nbs/91b_check_model.ipynb #5a135806
+_HEADS = [  # the first bytes of files a tokenizer loader may be handed
+    ("a minillm BPE file", b'{"format": "minillm-bpe", "version": 1, "merges": [["IA==", "dA=="]]}'),
+    ("a minillm BPE file indented by json.dumps(indent=2)", b'{\n  "format": "minillm-bpe",\n  "merges": []\n}'),
+    ("a tokenizer.json", b'{\n  "version": "1.0",\n  "truncation": null,\n  "padding": null,\n  "added_tokens": []}'),
+    ("a JSON file with a version but no truncation (a config.json)", b'{"version": "4.40.0", "model_type": "llama"}'),
+    ("a SentencePiece tokenizer.model", b'\n\x0e\n\x05<unk>\x15\x00\x00\x00\x00\x18\x02\n\x0b\n\x03<s>'),
+    ("a JSON file of another format", b'{"format": "gguf", "merges": []}'),
+    ("a zip archive", b'PK\x03\x04\x14\x00\x00\x00\x08\x00'),
+    ("an empty file", b''),
+]
+
+
+@_exercise
+def tokenizer_format(fn):
+    """Check `fn(head: bytes) -> 'minillm-bpe' | 'sentencepiece' | 'tokenizer.json' | None`: the format of a tokenizer
+    file from its first bytes, against `minillm.tokenizer_files`' `is_bpe_file`, `is_sentencepiece_model` and
+    `is_tokenizer_json`, run on a file holding those bytes."""
+    import tempfile
+    from pathlib import Path
+
+    from minillm.tokenizer_files import is_bpe_file, is_sentencepiece_model, is_tokenizer_json
+
+    def ref(head):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "tokenizer"
+            path.write_bytes(head)
+            tests = [("minillm-bpe", is_bpe_file), ("sentencepiece", is_sentencepiece_model),
+                     ("tokenizer.json", is_tokenizer_json)]
+            return next((name for name, test in tests if test(path)), None)
+    cases = [(f"{what} (first bytes {head[:24]!r})", (head,)) for what, head in _HEADS]
+    return f"{_run('check.tokenizer_format', fn, ref, cases)} files"
+
+@_exercise
+def varint(fn):
+    """Check `fn(data, i) -> (value, next_i)`: the protobuf varint starting at `data[i]` (7 bits a byte, least
+    significant first, a set top bit means another byte follows; ValueError when the data ends inside it), against
+    the decoder of `minillm.tokenizer_files`."""
+    from minillm.tokenizer_files import _varint
+
+    cases = [(f"data={d!r}, i={i}", (d, i)) for d, i in [
+        (b"\x00", 0), (b"\x01", 0), (b"\x96\x01", 0), (b"\xac\x02", 0), (b"\x0a\x96\x01\x08", 1),
+        (b"\x7f\x80\x01", 1), (b"\xff" * 9 + b"\x01", 0), (b"\x08\x80", 1), (b"\x05", 1)]]
+    return f"{_run('check.varint', fn, _varint, cases)} varints"
+
 # %% ../nbs/91b_check_model.ipynb #5865188d
 @_exercise
 def pack(fn):
@@ -105,6 +151,46 @@ def xy(fn):
             got = _call("check.xy", fn, where, tokens, starts, seq_len)
             _same("check.xy", got, next(loader.micro_batches(step)), where)
     return "3 batches of windows"
+
+# %% ../nbs/91b_check_model.ipynb #9c7fd2c0
+@_exercise
+def document_splits(fn):
+    """Check `fn(keys, val_fraction, min_val_documents) -> ['train' | 'val', ...]`: each document's split from its
+    split key (a unit, or its text): the unit goes to val when the first 8 bytes of its SHA-256, read little-endian,
+    fall below val_fraction · 2⁶⁴, or when it is one of the first `min_val_documents` units; against
+    `minillm.corpora.Splitter`."""
+    from minillm.corpora import Splitter
+
+    def ref(keys, val_fraction, min_val):
+        splitter = Splitter(val_fraction, min_val)
+        return [splitter(k) for k in keys]
+    modules = [f"unit:lib/mod{i}.py" for i in range(60)]
+    repeats = ["unit:a.py", "unit:a.py", "unit:b.py", "unit:a.py", "unit:c.py", "unit:b.py", "unit:d.py"]
+    rows = ["a story", "another story", "a story", "the end"]
+    cases = [(f"{what}, val_fraction={f}, min_val_documents={m}", (keys, f, m)) for what, keys, f, m in [
+        ("60 modules", modules, 0.1, 1), ("60 modules", modules, 0.5, 0), ("units that repeat", repeats, 0.0, 2),
+        ("units that repeat", repeats, 0.2, 3), ("rows that are their own unit", rows, 0.0, 1),
+        ("no documents", [], 0.1, 1), ("60 modules", modules, 0.0, 0), ("60 modules", modules, 1.0, 1),
+        ("60 modules", modules, 0.1, -1)]]
+    return f"{_run('check.document_splits', fn, ref, cases)} streams"
+
+@_exercise
+def limit_documents(fn):
+    """Check `fn(texts, max_documents, max_bytes) -> list[str]`: the first texts, at most `max_documents` of them,
+    stopping before the one that would take the total past `max_bytes` bytes of UTF-8 (either limit may be None);
+    against `minillm.corpora.limit_documents`."""
+    from minillm.corpora import Document, limit_documents
+
+    def ref(texts, max_documents, max_bytes):
+        return [d.text for d in limit_documents((Document(t) for t in texts), max_documents, max_bytes)]
+    ascii_texts, accented = ["abc", "de", "fghij", "k", "lmnop"], ["café", "naïve", "日本語", "ok"]
+    cases = [(f"{what}, max_documents={n}, max_bytes={b}", (texts, n, b)) for what, texts, n, b in [
+        ("5 ASCII texts", ascii_texts, None, None), ("5 ASCII texts", ascii_texts, 3, None),
+        ("5 ASCII texts", ascii_texts, None, 10), ("5 ASCII texts", ascii_texts, None, 9),
+        ("5 ASCII texts", ascii_texts, 2, 100), ("5 ASCII texts", ascii_texts, 0, None),
+        ("texts with accents and kanji", accented, None, 11), ("texts with accents and kanji", accented, None, 15),
+        ("5 ASCII texts", ascii_texts, None, 2)]]
+    return f"{_run('check.limit_documents', fn, ref, cases)} limits"
 
 # %% ../nbs/91b_check_model.ipynb #6e1eb4f9
 @_exercise

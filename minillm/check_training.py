@@ -11,11 +11,12 @@ import torch
 from .check_runner import _call, _desc, _exercise, _randn, _run, _same, assert_close
 
 # %% auto #0
-__all__ = ['lr_at', 'adamw_step', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'swiglu_backward',
-           'swiglu_function', 'online_logsumexp', 'cross_entropy_grad', 'tiled_attention', 'install_seams',
-           'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name', 'sliding_windows',
-           'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution', 'accept_or_resample',
-           'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets', 'lora_merge']
+__all__ = ['lr_at', 'adamw_step', 'smoothed_loss', 'resumed_metrics', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm',
+           'rope_backward', 'swiglu_backward', 'swiglu_function', 'online_logsumexp', 'cross_entropy_grad',
+           'tiled_attention', 'install_seams', 'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0',
+           'gguf_name', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call',
+           'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize',
+           'chat_render', 'chat_targets', 'lora_merge']
 
 # %% ../nbs/91c_check_training.ipynb #0ebc8299
 @_exercise
@@ -46,6 +47,50 @@ def adamw_step(fn):
         _same("check.adamw_step", out, (p.detach(), state["exp_avg"], state["exp_avg_sq"]), where, 1e-5, 1e-7)
         w, m, v = out
     return "3 steps"
+
+# %% ../nbs/91c_check_training.ipynb #5a009ebc
+@_exercise
+def smoothed_loss(fn):
+    """Check `fn(losses) -> list[float]`: the curve `plot_metrics` draws over the raw loss, the mean of each k
+    consecutive losses with k = max(1, len(losses) // 20), one value per full window (len(losses) - k + 1 of them);
+    against `numpy.convolve(losses, ones(k) / k, mode='valid')`."""
+    def ref(losses):
+        k = max(1, len(losses) // 20)
+        return torch.from_numpy(np.convolve(np.asarray(losses, dtype=np.float64), np.ones(k) / k, mode="valid"))
+
+    def learner(losses):
+        return torch.tensor([float(v) for v in fn(losses)], dtype=torch.float64)
+    noisy = (4.0 * np.exp(-np.arange(403) / 120) + 2 + 0.3 * np.random.default_rng(0).standard_normal(403)).tolist()
+    cases = [(f"{what} ({len(l)} losses)", (l,)) for what, l in [
+        ("a noisy falling curve", noisy), ("the first 40 of it", noisy[:40]), ("the first 39 of it", noisy[:39]),
+        ("a flat curve", [3.0] * 25), ("a single loss", [5.5])]]
+    return f"{_run('check.smoothed_loss', learner, ref, cases, 1e-9, 1e-12)} curves"
+
+@_exercise
+def resumed_metrics(fn):
+    """Check `fn(csv_text, resume_step) -> str`: the text of `metrics.csv` after a run resumes at `resume_step`: the
+    header of `METRICS_COLUMNS`, then the old rows up to that step (later ones were never saved in a checkpoint), every
+    column in order, missing ones empty; against the file `minillm.metrics.MetricsLog(path, resume_step)` leaves."""
+    import tempfile
+    from pathlib import Path
+
+    from minillm.metrics import MetricsLog
+
+    def ref(text, resume_step):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "metrics.csv"
+            path.write_text(text)
+            MetricsLog(path, resume_step).close()
+            return path.read_text()
+    full = "step,loss,val_loss,val_bpb,lr,grad_norm,tokens,tokens_per_s,mfu,peak_mem_gib,elapsed_s\n" + "".join(
+        f"{s},{5 - s / 100:.3f},{'4.5' if s % 20 == 0 else ''},,{4e-4:g},0.8,{s * 2048},51000,,,{s * 0.1:.1f}\n"
+        for s in range(10, 110, 10))
+    old = "step,loss,lr\n10,4.9,0.0004\n20,4.8,0.0004\n30,4.7,0.0004\n"
+    cases = [(f"{what}, resume_step={r}", (text, r)) for what, text, r in [
+        ("10 rows at steps 10..100", full, 50), ("10 rows at steps 10..100", full, 55),
+        ("10 rows at steps 10..100", full, 100), ("10 rows at steps 10..100", full, 0),
+        ("an older file with 3 columns", old, 20)]]
+    return f"{_run('check.resumed_metrics', fn, ref, cases)} resumes"
 
 # %% ../nbs/91c_check_training.ipynb #e4c610bc
 @_exercise

@@ -31,6 +31,9 @@ C11A, C11B, C11C, C11D, C11E, C11F = (chapter(n) for n in (
 C12, C13, C14 = chapter("12_distributed"), chapter("13_pretrain"), chapter("14_export")
 C02B = chapter("02b_prepare")
 C21 = chapter("21_finetune")
+C01B, C02C, C09B = chapter("01b_tokenizer_files"), chapter("02_corpora"), chapter("09b_metrics")
+C12B, C90, C92 = chapter("12b_checkpoint"), chapter("90_cli"), chapter("92_files")
+C15H = chapter("15_evaluate_harness")
 
 
 # Wrong answers: the mistakes a learner is likely to make. Each row: chapter module, check name, a wrong function,
@@ -128,6 +131,57 @@ def _shard_drawn_alone(shape, seed, rank, world_size):  # every rank draws its p
     return torch.randn((rows, *shape[1:]), generator=torch.Generator().manual_seed(seed))
 
 
+def _splits_first_documents(keys, val_fraction, min_val):  # forces the first documents to val, not the first units
+    return ["val" if i < min_val else s for i, s in enumerate(C02C.document_splits(keys, val_fraction, 0))]
+
+
+def _limit_by_characters(texts, max_documents, max_bytes):  # counts characters, not UTF-8 bytes
+    out = []
+    for t in texts:
+        if (max_documents is not None and len(out) >= max_documents) or (
+                max_bytes is not None and sum(map(len, out)) + len(t) > max_bytes):
+            break
+        out.append(t)
+    return out
+
+
+def _smooth_every_step(losses):  # one value per step, the first windows short, instead of full windows only
+    k = max(1, len(losses) // 20)
+    return [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+
+
+def _metrics_all_rows(text, resume_step):  # keeps the rows after the resume step, which the run will write again
+    return C09B.resumed_metrics(text, 10**9)
+
+
+def _newest_folder(path):  # the newest step folder, complete or not, and never `latest`
+    from pathlib import Path
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    steps = sorted([*path.glob("checkpoints/step-*"), *path.glob("step-*")])
+    return steps[-1] if steps else None
+
+
+def _prune_all_but_final(root, keep, final):  # leaves the hidden leftovers of a crashed save behind
+    import shutil
+    from pathlib import Path
+    complete = sorted(p for p in Path(root).glob("step-*") if (p / "state.json").is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        if old != Path(final):
+            shutil.rmtree(old)
+
+
+def _write_in_place(path, data):  # opens the file itself: a crash or an error leaves it cut short
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _publish_by_copy(tmp, final):  # copies the files over: stale files of the old folder stay, tmp stays too
+    import shutil
+    shutil.copytree(tmp, final, dirs_exist_ok=True)
+
+
 def _mfu_with_embedding(tps, cfg, seq_len, peak):
     return tps * (6 * cfg.n_params + 12 * cfg.n_layers * cfg.dim * seq_len) / (peak * 1e12)
 
@@ -166,6 +220,20 @@ WRONG = [
     (C11F, "install_seams", _install_without_loss, "calls per forward pass"),
     (C12, "data_parallel_grads", lambda m, x, y, W: [g * W for g in C12.data_parallel_grads(m, x, y, W)], "world_size=2"),
     (C12, "sharded_init", _shard_drawn_alone, "rank 1 of 2"),
+    (C01B, "tokenizer_format", lambda head: "tokenizer.json" if head.lstrip().startswith(b'{"version"') or
+     head.lstrip().startswith(b'{\n  "version"') else C01B.tokenizer_format(head), "config.json"),
+    (C01B, "varint", lambda data, i: (data[i] & 0x7F, i + 1), "data=b'\\x96\\x01', i=0"),
+    (C02C, "document_splits", _splits_first_documents, "units that repeat, val_fraction=0.0, min_val_documents=2"),
+    (C02C, "limit_documents", _limit_by_characters, "accents and kanji"),
+    (C09B, "smoothed_loss", _smooth_every_step, "a noisy falling curve (403 losses)"),
+    (C09B, "resumed_metrics", _metrics_all_rows, "resume_step=50"),
+    (C12B, "find_checkpoint", _newest_folder, "a newest checkpoint without state.json"),
+    (C12B, "prune_checkpoints", _prune_all_but_final, "two leftovers"),
+    (C15H, "harness_request", lambda tok, c, e: ([tok.bos_id] + tok.encode(c), tok.encode(e)),
+     "context='The quick brown fox '"),  # encodes the two apart and leaves the context's trailing space on it
+    (C90, "parse_count", lambda v: int(float(v.replace("_", ""))), "value='1e-3'"),
+    (C92, "write_atomic", _write_in_place, "second hard link"),
+    (C92, "publish_dir", _publish_by_copy, "a new folder"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],
      "sizes=[5, 1, 1, 1, 1, 1], n=2"),  # splits by the number of files, not by bytes
     (C02B, "projected_hours", lambda b, r, c, n=1, e=1.0: b / (r * c * n) / 3600, "efficiency 0.9"),
@@ -183,8 +251,8 @@ IDS = [name for _, name, _, _ in WRONG]
 
 def test_every_solution_has_a_wrong_answer():
     "The table covers every solution function that names a check, and every check it names exists."
-    solved = {n for m in (C00, C01, C02, C02B, C03, C04, C05, C06, C07, C08, C09, C10, C11A, C11B, C11C, C11D, C11E,
-                          C11F, C12, C13, C14, C21)
+    solved = {n for m in (C00, C01, C01B, C02, C02B, C02C, C03, C04, C05, C06, C07, C08, C09, C09B, C10, C11A, C11B,
+                          C11C, C11D, C11E, C11F, C12, C12B, C13, C14, C15H, C21, C90, C92)
               for n in vars(m) if not n.startswith("_") and hasattr(check, n) and callable(vars(m)[n])}
     assert solved <= set(IDS), sorted(solved - set(IDS))
     assert all(hasattr(check, n) for n in IDS)
@@ -223,3 +291,11 @@ def test_a_check_leaves_the_random_state_alone():
     before = torch.get_rng_state()
     check.block_forward(C07.block_forward)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_stub_of_a_file_writer_is_not_attempted_yet(capsys):
+    "check.write_atomic catches what the learner's writer raises; a stub still reads as an open exercise."
+    def write_atomic(path, data):
+        raise NotImplementedError
+    check.write_atomic(write_atomic)
+    assert "check.write_atomic: not attempted yet" in capsys.readouterr().out
