@@ -241,7 +241,7 @@ def _count(value: str) -> int:
         n = float(value.replace("_", ""))
     except ValueError:
         n = -1
-    if not (n >= 1 and n == int(n)):
+    if not (1 <= n < float("inf") and n == int(n)):  # inf and nan are not counts either
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
     return int(n)
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from minillm.cli import main
 
 
@@ -24,3 +26,13 @@ def test_bad_preset_is_one_line_error():
     res = run("info", "--preset", "nope")
     assert res.returncode == 2
     assert "invalid choice: 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_counts_on_the_command_line_are_whole_and_finite(capsys):
+    "`--max-tokens` takes 2e9 or 2_000_000_000; an infinite, fractional or worded count is a one-line error."
+    for bad in ("1e400", "inf", "nan", "0.5", "5M", "0"):
+        with pytest.raises(SystemExit) as e:
+            main(["prepare", "--data", "builtin", "--tokenizer", "t.model", "--out", "o", "--max-tokens", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"'{bad}' is not a positive whole number" in err and "Traceback" not in err
