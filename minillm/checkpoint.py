@@ -26,8 +26,8 @@ from .tokenizer import Tokenizer
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_OUTPUTS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'is_sharded', 'save_checkpoint',
-           'find_checkpoint', 'Checkpoint', 'load_model', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded',
-           'load_sharded', 'load_full', 'load_checkpoint']
+           'find_checkpoint', 'Checkpoint', 'load_model', 'load_weights', 'claim_run_folder', 'is_sharded_checkpoint',
+           'save_sharded', 'load_sharded', 'load_full', 'load_checkpoint']
 
 # %% ../nbs/12b_checkpoint.ipynb #e231309d
 CHECKPOINT_FORMAT = "minillm-checkpoint/1"
@@ -231,6 +231,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         model = Llama(ckpt.config)
     ckpt.load_model(model, device)
     return model.eval(), tok, ckpt
+
+# %% ../nbs/12b_checkpoint.ipynb #1f0ad7e1
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[Llama, Tokenizer | None, str]:
+    """(model in eval mode and float32, tokenizer or None, what it is) from a run folder (its latest checkpoint), a
+    checkpoint folder, or a Hugging Face Llama directory: the weights a run starts from (`minillm train --init`) or
+    learns from (`--teacher`), and what `minillm prune` and `minillm merge` read."""
+    from .hf import load_hf
+
+    path = Path(path).expanduser()
+    try:
+        is_hf = "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        is_hf = False
+    if is_hf:
+        model = load_hf(path, dtype=torch.float32, device=resolve_device(str(device)))
+        try:
+            tok = Tokenizer.load(path)
+        except FileNotFoundError:
+            tok = None
+        return model, tok, f"Hugging Face model {path}"
+    model, tok, ckpt = load_model(path, device)
+    return model, tok, f"{ckpt.path} (step {ckpt.step})"
 
 # %% ../nbs/12b_checkpoint.ipynb #e0c4b7a9
 RUN_OUTPUTS = ("checkpoints", "metrics.csv", "loss.png", "tensorboard")  # what a run writes into its folder

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import minillm
+from .cli_tools import TOOL_PARSERS
 
 # %% auto #0
 __all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_prepare', 'cmd_eval',
-           'cmd_quantize', 'cmd_finetune', 'build_parser', 'main', 'console']
+           'build_parser', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -345,155 +346,6 @@ def cmd_eval(args) -> int:
         write_json(args.json, result)
     return 0
 
-# %% ../nbs/90_cli.ipynb #56189887
-def _calibration(args, tok, max_seq_len: int):
-    "GPTQ's calibration windows: from --calibration-data, or from the training data of the checkpoint --ckpt names."
-    import tempfile
-    from pathlib import Path
-
-    from minillm.quantize import calibration_windows
-    from minillm.checkpoint import Checkpoint
-
-    specs, cache = args.calibration_data, None
-    if specs is None:
-        try:
-            ckpt = Checkpoint(args.ckpt)
-        except (FileNotFoundError, ValueError):
-            raise ValueError(f"{args.ckpt} is not a minillm training checkpoint, so its training data is unknown: "
-                             f"give GPTQ's calibration text with --calibration-data") from None
-        specs, cache = ckpt.train_config.data, ckpt.path.parent.parent / "data"  # the run's token cache
-    with tempfile.TemporaryDirectory() as tmp:
-        return calibration_windows(tok, specs, cache if cache is not None and cache.is_dir() else Path(tmp),
-                                   args.calibration_samples, max_seq_len)
-
-
-def cmd_quantize(args) -> int:
-    "Write a quantized copy of a checkpoint (8 or 4 bits, round-to-nearest or GPTQ)."
-    from minillm.export import export_summary, load_for_export
-    from minillm.quantize import is_quantized, quantize_model, save_quantized
-
-    if is_quantized(args.ckpt):
-        raise ValueError(f"{args.ckpt} is already quantized; quantize the full-precision checkpoint")
-    group_size = args.group_size if args.group_size is not None else (32 if args.bits == 4 else None)
-    model, tok, name = load_for_export(args.ckpt)
-    calibration = _calibration(args, tok, model.cfg.max_seq_len) if args.method == "gptq" else None
-    qmodel = quantize_model(model, args.bits, group_size, args.scheme, args.embed_bits, args.method, calibration)
-    label = f"int{args.bits}-{'row' if group_size is None else f'g{group_size}'}-{args.method}"
-    info = dict(name=f"{name}-{label}", bits=args.bits, group_size=group_size, scheme=args.scheme, method=args.method,
-                source=str(args.ckpt), calibration=None if calibration is None else
-                dict(data=list(args.calibration_data or []) or "training data", windows=list(calibration.shape)))
-    try:
-        out = save_quantized(qmodel, args.out, tok, info, overwrite=args.force)
-    except FileExistsError as e:
-        print(f"minillm quantize: error: {e}", file=sys.stderr)
-        return 2
-    print(export_summary(out))
-    return 0
-
-def _quantize_parser(sub) -> None:
-    "The `minillm quantize` subcommand's arguments."
-    s = sub.add_parser("quantize", help="store a checkpoint's weights in 8 or 4 bits (round-to-nearest or GPTQ)",
-                       description="Write a quantized checkpoint folder (packed safetensors, config, tokenizer, "
-                                   "quantization.json) that eval, generate and export accept. Matrices of attention "
-                                   "and feed-forward layers get --bits; the embedding and output head 8 bits per row "
-                                   "unless --embed-bits 4.")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder, a checkpoint folder or a Hugging Face "
-                   "Llama directory (full precision)")
-    s.add_argument("--out", required=True, metavar="DIR", help="the quantized checkpoint folder to write")
-    s.add_argument("--bits", type=int, required=True, choices=[8, 4])
-    s.add_argument("--group-size", type=int, metavar="N", help="input columns per scale (default: 32 at 4 bits, "
-                   "a whole row at 8 bits)")
-    s.add_argument("--method", choices=["rtn", "gptq"], default="rtn", help="rtn: round to nearest (default); gptq: "
-                   "Frantar et al. 2022 on calibration windows from the training data")
-    s.add_argument("--scheme", choices=["symmetric", "asymmetric", "q4_0"], default="symmetric",
-                   help="symmetric (default), asymmetric (a zero point per group), q4_0 (llama.cpp's 4-bit blocks of 32)")
-    s.add_argument("--embed-bits", type=int, choices=[8, 4], help="bits of the embedding and output head (default: "
-                   "8; 4 with --scheme q4_0)")
-    s.add_argument("--calibration-data", nargs="+", metavar="SPEC", help="GPTQ calibration text (data specs as in "
-                   "train; default: the checkpoint's training data)")
-    s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="GPTQ calibration windows of "
-                   "max_seq_len tokens (default: 128)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
-    s.set_defaults(func=cmd_quantize)
-
-# %% ../nbs/90_cli.ipynb #232ddf82
-def cmd_finetune(args) -> int:
-    """Fine-tune a checkpoint on chat conversations: a LoRA adapter (default), QLoRA on a 4-bit base, or every weight
-    (`--full`). The folder it writes is read by `generate --chat`, `export` (the merged model) and peft."""
-    import warnings
-    from pathlib import Path
-
-    from minillm.export import load_for_export
-    from minillm.files import check_writable
-    from minillm.finetune import FinetuneConfig, finetune, is_finetune, read_chat, save_finetune
-
-    if args.qlora and args.full:
-        raise ValueError("--qlora trains an adapter on a 4-bit base and --full trains every weight: choose one")
-    names = dict(lora_rank="lora_rank", lora_alpha="lora_alpha", lora_dropout="lora_dropout", lr="lr", min_lr="min_lr",
-                 warmup="warmup", epochs="epochs", max_steps="max_steps", batch_size="batch", micro_batch="micro_batch",
-                 max_len="seq_len", val_fraction="val_fraction", dtype="dtype", seed="seed", device="device")
-    options = {k: getattr(args, v) for k, v in names.items() if getattr(args, v) is not None}
-    if args.lora_targets:
-        options["lora_targets"] = tuple(t.strip() for t in args.lora_targets.split(","))
-    cfg = FinetuneConfig(method="qlora" if args.qlora else "full" if args.full else "lora", rslora=args.rslora, **options)
-    out, ckpt = Path(args.out).expanduser(), Path(args.ckpt).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (args.force and is_finetune(out)):
-        raise ValueError(f"--out {out} already exists" + ("; pass --force to replace that fine-tune" if is_finetune(out)
-                                                          else ": choose a new folder"))
-    if ckpt.resolve().is_relative_to(out.resolve()):
-        raise ValueError(f"--out {out} is the checkpoint being fine-tuned or holds it: write elsewhere")
-    check_writable(out.parent, "--out")
-    conversations = read_chat(args.data)
-    model, tok, _ = load_for_export(ckpt)
-    print(f"minillm finetune: {cfg.method} on {ckpt} ({model.cfg.n_params:,} parameters), {len(conversations)} "
-          f"conversations from {args.data}", file=sys.stderr, flush=True)
-    with warnings.catch_warnings():  # one line each, like every other message
-        warnings.showwarning = lambda message, *_, **__: print(f"minillm finetune: warning: {message}", file=sys.stderr)
-        res = finetune(model, tok, conversations, cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
-    save_finetune(model, tok, out, cfg, base=ckpt, result=res, overwrite=args.force)
-    print(f"{out}: {cfg.method} fine-tune, {res.trainable:,} trained parameters, {len(res.history)} steps in "
-          f"{res.seconds:.0f} s; assistant-token loss on {res.n_val} held-out conversations {res.val_loss_before:.3f} "
-          f"→ {res.val_loss_after:.3f} nats")
-    return 0
-
-
-def _finetune_parser(sub) -> None:
-    "The `minillm finetune` subcommand's arguments."
-    s = sub.add_parser("finetune", help="fine-tune a checkpoint on chat conversations (LoRA, QLoRA or every weight)",
-                       description="Train a model to answer in TinyLlama-Chat's template, on the assistant's tokens only. "
-                       "The folder written holds a LoRA adapter in peft's layout (or, with --full, every weight), the "
-                       "tokenizer and finetune.json; generate --chat, eval and export read it.")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="the model to start from: a run or checkpoint folder, "
-                   "a Hugging Face Llama directory, or an earlier fine-tune")
-    s.add_argument("--data", required=True, metavar="CHAT.jsonl", help='JSON lines of {"messages": [{"role": '
-                   '"system" | "user" | "assistant", "content": ...}, ...]}')
-    s.add_argument("--out", required=True, metavar="DIR", help="the fine-tune folder to write")
-    s.add_argument("--lora-rank", type=int, metavar="R", help="rank of the adapter (default: 8)")
-    s.add_argument("--lora-alpha", type=float, metavar="A", help="the update is scaled by A / R (default: 16)")
-    s.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapter's input (default: 0.05)")
-    s.add_argument("--lora-targets", metavar="NAMES", help="block matrices to adapt, comma-separated from "
-                   "q,k,v,o,gate,up,down (default: all)")
-    s.add_argument("--rslora", action="store_true", help="scale by A / sqrt(R) instead (rank-stabilized LoRA)")
-    s.add_argument("--qlora", action="store_true", help="keep the frozen base's block matrices in 4 bits (QLoRA)")
-    s.add_argument("--full", action="store_true", help="train every weight instead of an adapter")
-    s.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: --epochs passes over the data)")
-    s.add_argument("--epochs", type=float, metavar="E", help="passes over the training conversations (default: 2)")
-    s.add_argument("--lr", type=float, help="peak learning rate (default: 2e-4 for adapters, 2e-5 for --full)")
-    s.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine (default: 0)")
-    s.add_argument("--warmup", type=int, metavar="STEPS", help="linear warmup steps (default: 10)")
-    s.add_argument("--batch", type=int, metavar="CONVS", help="conversations per optimizer step (default: 16)")
-    s.add_argument("--micro-batch", type=int, metavar="CONVS", help="conversations per forward/backward (default: 16)")
-    s.add_argument("--seq-len", type=int, metavar="TOKENS", help="longer conversations are cut to this (default: the "
-                   "model's context)")
-    s.add_argument("--val-fraction", type=float, metavar="F", help="share of conversations held out to measure the "
-                   "loss before and after (default: 0.05)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16"], help="dtype of the frozen weights and the compute "
-                   "(adapters stay float32; default: float32)")
-    s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    s.add_argument("--seed", type=int, help="seed of the split, the order and the adapter's start (default: 0)")
-    s.add_argument("--force", action="store_true", help="replace an earlier fine-tune in --out")
-    s.set_defaults(func=cmd_finetune)
-
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def _train_parser(sub) -> None:
     "The `minillm train` subcommand's arguments; the choices come from the config module, where recipes live."
@@ -611,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="toy", choices=list(PRESETS), help="model preset (default: toy)")
     s.set_defaults(func=cmd_info)
     for add in (_add_prepare_parser, _train_parser, _plan_parser, _generate_parser, _export_parser, _eval_parser,
-                _quantize_parser, _finetune_parser):
+                *TOOL_PARSERS):  # quantize, finetune, prune, merge: 90b_cli_tools
         add(sub)
     return p
 
