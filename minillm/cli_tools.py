@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TOOL_PARSERS', 'cmd_quantize', 'cmd_finetune']
+__all__ = ['TOOL_PARSERS', 'cmd_quantize', 'cmd_finetune', 'cmd_merge']
 
 # %% ../nbs/90b_cli_tools.ipynb #56189887
 def _calibration(args, tok, max_seq_len: int):
@@ -166,9 +166,56 @@ def _prune_parser(sub) -> None:
     return None
 
 # %% ../nbs/90b_cli_tools.ipynb #a0c11007
+def cmd_merge(args) -> int:
+    "Merge models of one shape and tokenizer into a Hugging Face directory: linear, SLERP, task arithmetic, last k."
+    from minillm.files import check_writable
+    from minillm.merge import check_merge_args, last_checkpoints, merge_models, save_merged
+
+    out = check_writable(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"--out {out} already exists: pass --force to replace it, or choose another folder")
+    paths = list(args.models)
+    if args.last is not None:
+        if len(paths) != 1 or args.method != "linear":
+            raise ValueError(f"--last {args.last} averages the last checkpoints of one run: give one run folder and "
+                             f"--method linear (got {len(paths)} folders, --method {args.method})")
+        paths = last_checkpoints(paths[0], args.last)
+    elif len(paths) < 2 and args.method != "task":
+        raise ValueError(f"--method {args.method} merges two or more models, got {len(paths)}: give more folders, or "
+                         f"one run folder with --last K to average its checkpoints")
+    check_merge_args(len(paths), args.method, args.weights, args.base)
+    for p in [*paths, *([args.base] if args.base else [])]:
+        if not Path(p).expanduser().exists():
+            raise FileNotFoundError(f"no such run, checkpoint or Hugging Face folder: {p}")
+    model, tok, record = merge_models(paths, args.method, args.weights, args.base)
+    if args.last is not None:
+        record.update(run=str(args.models[0]), last=args.last)
+    save_merged(model, out, tok, record, overwrite=args.force)
+    inputs = ", ".join(f"{m['loaded']} × {m['weight']:.4g}" for m in record["models"])
+    print(f"{out}: {args.method} merge of {inputs}" + (f" (t = {record['t']:.4g})" if "t" in record else "") +
+          (f" onto the base {record['base']['loaded']}" if "base" in record else ""))
+    return 0
+
 def _merge_parser(sub) -> None:
     "The `minillm merge` subcommand's arguments (chapter 20)."
-    return None
+    s = sub.add_parser("merge", help="average or merge models of one shape and tokenizer (linear, SLERP, task "
+                       "arithmetic, a run's last checkpoints)",
+                       description="Merge models that share a shape and a tokenizer (run folders, checkpoint folders, "
+                                   "Hugging Face directories, a checkpoint's ema/ folder) into a Hugging Face directory "
+                                   "with merge.json recording the inputs; every minillm command and transformers load it.")
+    s.add_argument("models", nargs="+", metavar="DIR", help="the models to merge (with --last: one run folder)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the Hugging Face directory to write")
+    s.add_argument("--method", choices=["linear", "slerp", "task"], default="linear",
+                   help="linear: the weighted average (default); slerp: spherical interpolation of two models, "
+                        "tensor by tensor; task: --base plus each model's difference from it times its weight")
+    s.add_argument("--weights", nargs="+", type=float, metavar="W", help="one per model. linear: divided by their sum "
+                   "(default: equal); slerp: t = W2 / (W1 + W2) (default: 0.5); task: each difference's factor λ "
+                   "(default: 1)")
+    s.add_argument("--base", metavar="DIR", help="the model the others were fine-tuned from (--method task)")
+    s.add_argument("--last", type=int, metavar="K", help="average the last K checkpoints of the one run folder given "
+                   "(a run keeps K with `minillm train --keep-checkpoints K`)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=cmd_merge)
 
 # %% ../nbs/90b_cli_tools.ipynb #a0c11008
 TOOL_PARSERS = (_quantize_parser, _finetune_parser, _prune_parser, _merge_parser)  # added to `minillm` in this order

@@ -5,26 +5,129 @@
 # %% ../nbs/20_merge.ipynb #e2000003
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['EMA']
+__all__ = ['MERGE_METHODS', 'ARCH_FIELDS', 'check_mergeable', 'linear_merge', 'slerp', 'slerp_merge', 'task_arithmetic', 'EMA',
+           'load_for_merge', 'last_checkpoints', 'check_merge_args', 'merge_models', 'save_merged']
+
+# %% ../nbs/20_merge.ipynb #e2000014
+def check_mergeable(state_dicts: list[dict], names: list[str] | None = None) -> None:
+    """Raise ValueError in one line unless the state dicts hold the same tensor names with the same shapes (one
+    architecture: merging adds tensors name by name). `names` label the models in the message."""
+    if not state_dicts:
+        raise ValueError("nothing to merge: give at least one model")
+    names = names or [f"model {i}" for i in range(len(state_dicts))]
+    first = state_dicts[0]
+    for sd, name in zip(state_dicts[1:], names[1:]):
+        only = sorted(set(first) ^ set(sd))
+        if only:
+            raise ValueError(f"{name} and {names[0]} hold different tensors ({only[0]} is in one only): merging needs "
+                             f"models of one architecture")
+        for key, t in first.items():
+            if sd[key].shape != t.shape:
+                raise ValueError(f"{name} and {names[0]} differ in shape: {key} is {tuple(sd[key].shape)} vs "
+                                 f"{tuple(t.shape)}; merging needs models of one shape (the same preset)")
+
+# %% ../nbs/20_merge.ipynb #e2000015
+def _weights(weights, n: int, what: str = "models", normalize: bool = True) -> list[float]:
+    "One float per model (equal when None), divided by their sum when `normalize`."
+    w = [1.0] * n if weights is None else [float(x) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{len(w)} weights for {n} {what}: give one weight per {what.rstrip('s')}")
+    if not all(math.isfinite(x) for x in w):
+        raise ValueError(f"weights {w}: give finite numbers")
+    if normalize:
+        total = sum(w)
+        if not total > 1e-12:
+            raise ValueError(f"weights {w} sum to {total:g}: give weights with a positive sum (they are divided by it)")
+        w = [x / total for x in w]
+    return w
+
+
+def linear_merge(state_dicts: list[dict], weights: list[float] | None = None, normalize: bool = True) -> dict:
+    """The weighted average `Σ wᵢ θᵢ` of state dicts, tensor by tensor: equal weights by default, divided by their sum
+    unless `normalize=False`. Computed in float64, returned in each tensor's dtype; non-float tensors come from the
+    first model."""
+    check_mergeable(state_dicts)
+    w = _weights(weights, len(state_dicts), normalize=normalize)
+    out = {}
+    for key, t in state_dicts[0].items():
+        if not t.is_floating_point():
+            out[key] = t.clone()
+            continue
+        acc = torch.zeros(t.shape, dtype=torch.float64, device=t.device)
+        for wi, sd in zip(w, state_dicts):
+            acc += wi * sd[key].to(torch.float64)
+        out[key] = acc.to(t.dtype)
+    return out
+
+# %% ../nbs/20_merge.ipynb #e2000024
+@torch.no_grad()
+def slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+    """Spherical linear interpolation between two tensors of one shape, flattened into vectors (mergekit's `slerp`):
+    `sin((1−t)Ω)/sin Ω · v0 + sin(tΩ)/sin Ω · v1` with Ω the angle between them. Nearly parallel tensors
+    (|cos Ω| > `dot_threshold`) get the linear blend `(1−t)·v0 + t·v1`, which SLERP tends to there. t=0 gives v0,
+    t=1 gives v1. Computed in float64, returned in v0's dtype."""
+    if v0.shape != v1.shape:
+        raise ValueError(f"slerp needs tensors of one shape, got {tuple(v0.shape)} and {tuple(v1.shape)}")
+    a, b = v0.to(torch.float64), v1.to(torch.float64)
+    dot = (a.flatten() / (a.norm() + eps)) @ (b.flatten() / (b.norm() + eps))
+    if dot.abs() > dot_threshold:
+        return ((1 - t) * a + t * b).to(v0.dtype)
+    omega = torch.arccos(dot.clamp(-1, 1))
+    s0, s1 = torch.sin((1 - t) * omega) / torch.sin(omega), torch.sin(t * omega) / torch.sin(omega)
+    return (s0 * a + s1 * b).to(v0.dtype)
+
+# %% ../nbs/20_merge.ipynb #e2000028
+def slerp_merge(sd0: dict, sd1: dict, t: float = 0.5) -> dict:
+    """SLERP between two state dicts, tensor by tensor (`slerp`): t=0 gives the first model, t=1 the second.
+    Non-float tensors come from the first."""
+    check_mergeable([sd0, sd1])
+    if not 0 <= t <= 1:
+        raise ValueError(f"t={t} must be between 0 (the first model) and 1 (the second)")
+    return {k: slerp(v, sd1[k], t) if v.is_floating_point() else v.clone() for k, v in sd0.items()}
+
+# %% ../nbs/20_merge.ipynb #e2000032
+def task_arithmetic(base: dict, finetunes: list[dict], lambdas: list[float] | None = None) -> dict:
+    """`θ_base + Σ λᵢ (θᵢ − θ_base)` tensor by tensor (Ilharco et al. 2023): each fine-tune's task vector, scaled by
+    its λ (1 each by default, not normalized), added to the base. Computed in float64, returned in the base's dtypes."""
+    check_mergeable([base, *finetunes], ["the base"] + [f"fine-tune {i}" for i in range(len(finetunes))])
+    if not finetunes:
+        raise ValueError("task arithmetic needs at least one fine-tune besides the base")
+    lam = _weights(lambdas, len(finetunes), "fine-tunes", normalize=False)
+    out = {}
+    for key, t in base.items():
+        if not t.is_floating_point():
+            out[key] = t.clone()
+            continue
+        acc = t.to(torch.float64).clone()
+        for li, sd in zip(lam, finetunes):
+            acc += li * (sd[key].to(torch.float64) - t.to(torch.float64))
+        out[key] = acc.to(t.dtype)
+    return out
 
 # %% ../nbs/20_merge.ipynb #e2000004
 class EMA:
     """An exponential moving average of a model's weights, kept during training: after every optimizer step
-    `shadow ← decay·shadow + (1 − decay)·weights` (`update`). The shadow copies share the parameters' placement (FSDP
-    shards stay shards). `swapped_in(model)` puts the averaged weights in the model for a while (to evaluate or save
-    them); `state_dict()` gives them by parameter name."""
+    `shadow ← decay·shadow + (1 − decay)·weights` (`update`). The shadow copies are float32 and share the parameters'
+    placement (FSDP shards stay shards). `swap(model)` puts the averaged weights in the model (to evaluate or save
+    them) and a second `swap` puts the model's own weights back, bit for bit; the average itself is never rounded to
+    the model's dtype. `state_dict()` gives the average by parameter name (for a checkpoint, to resume it)."""
 
     def __init__(self, model: nn.Module, decay: float):
-        if not (isinstance(decay, float) and 0 < decay < 1):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
             raise ValueError(f"ema decay={decay!r} must be between 0 and 1 (e.g. 0.999: an average over ~1000 steps)")
-        self.decay = decay
+        self.decay = float(decay)
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = dict(model.named_parameters())
         self.shadow = [params[n].detach().clone().float() for n in self.names]
+        self._stash = None  # the model's own weights while the average is swapped in
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
         params = dict(model.named_parameters())
@@ -33,23 +136,151 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         "Move the average one step toward the model's current weights."
+        if self._stash is not None:
+            raise RuntimeError("EMA.update while the average is swapped into the model: swap back first")
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self._params(model)], 1 - self.decay)
 
     @torch.no_grad()
     def swap(self, model: nn.Module) -> None:
-        "Exchange the model's weights with the average (call twice to undo)."
-        for p, s in zip(self._params(model), self.shadow):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
+        "Put the average into the model; called again, put the model's own weights back."
+        params = self._params(model)
+        if self._stash is None:
+            self._stash = [p.detach().clone() for p in params]
+            for p, s in zip(params, self.shadow):
+                p.copy_(s)
+        else:
+            for p, w in zip(params, self._stash):
+                p.copy_(w)
+            self._stash = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        "The average by parameter name (float32)."
         return dict(zip(self.names, self.shadow))
 
     @torch.no_grad()
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        "Restore the average `state_dict()` gave (a resumed run continues its EMA)."
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise ValueError(f"the saved average lacks {missing[:3]}: it belongs to another model")
         for n, s in zip(self.names, self.shadow):
             s.copy_(tensors[n])
+
+# %% ../nbs/20_merge.ipynb #e2000051
+MERGE_METHODS = ("linear", "slerp", "task")
+ARCH_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len", "rope_theta",
+               "norm_eps", "tie_embeddings")  # what two models must share to be merged
+
+
+def load_for_merge(paths: list) -> tuple[list, object, list[str]]:
+    """(models, their shared tokenizer or None, descriptions) for `paths` (run, checkpoint or Hugging Face folders),
+    after checking in one line that they share an architecture (`ARCH_FIELDS`) and a tokenizer (its fingerprint)."""
+    from .checkpoint import load_weights
+
+    loaded = [load_weights(p) for p in paths]
+    models, toks, descs = (list(x) for x in zip(*loaded))
+    ref = models[0].cfg
+    for p, m in zip(paths[1:], models[1:]):
+        diff = [f for f in ARCH_FIELDS if getattr(m.cfg, f) != getattr(ref, f)]
+        if diff:
+            f = diff[0]
+            raise ValueError(f"{p} and {paths[0]} differ in shape ({f} {getattr(m.cfg, f)} vs {getattr(ref, f)}): "
+                             f"merging needs models of one shape (the same preset)")
+    prints = [None if t is None else t.fingerprint for t in toks]
+    for p, fp in zip(paths, prints):
+        if fp is None and any(prints):
+            raise ValueError(f"{p} holds no tokenizer, so whether it shares the others' cannot be checked: merge "
+                             f"models saved with their tokenizer")
+        if fp != prints[0]:
+            raise ValueError(f"{p} uses another tokenizer than {paths[0]} (fingerprint {fp[:12]}… vs "
+                             f"{prints[0][:12]}…): merging needs models trained with one tokenizer")
+    return models, toks[0], descs
+
+# %% ../nbs/20_merge.ipynb #e2000052
+def last_checkpoints(run_dir: str | Path, k: int) -> list[Path]:
+    """The last `k` complete checkpoint folders (`checkpoints/step-*/` holding `state.json`) of a run folder, oldest
+    first: what checkpoint averaging merges (`minillm merge RUN --last K`). A run keeps K of them when trained with
+    `--keep-checkpoints K`."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"--last {k!r}: give the number of checkpoints to average, 1 or more")
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise FileNotFoundError(f"no such run folder: {run}")
+    complete = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "state.json").is_file())
+    if not complete:
+        raise FileNotFoundError(f"no checkpoints in {run}: --last K averages a run folder's checkpoints/step-*/")
+    if len(complete) < k:
+        steps = ", ".join(str(int(p.name.removeprefix("step-"))) for p in complete)
+        raise ValueError(f"{run} holds {len(complete)} checkpoint(s) (step {steps}), not {k}: give --last "
+                         f"{len(complete)} or fewer, or train with --keep-checkpoints {k}")
+    return complete[-k:]
+
+# %% ../nbs/20_merge.ipynb #e2000053
+def check_merge_args(n_models: int, method: str, weights: list | None = None, base=None) -> None:
+    "Refuse in one line a merge that cannot be done, before anything is loaded."
+    if method not in MERGE_METHODS:
+        raise ValueError(f"--method {method!r}: choose one of {', '.join(MERGE_METHODS)}")
+    if method == "task" and base is None:
+        raise ValueError("--method task adds each model's difference from a base: give the base with --base DIR")
+    if method != "task" and base is not None:
+        raise ValueError(f"--base is the base of --method task; --method {method} does not use it")
+    if n_models < 1:
+        raise ValueError("nothing to merge: give at least one model")
+    if method == "slerp" and n_models != 2:
+        raise ValueError(f"--method slerp interpolates between two models, got {n_models}: give two (or use linear)")
+    if weights is not None and len(weights) != n_models:
+        what = "fine-tune (each model's λ; the base takes none)" if method == "task" else "model"
+        raise ValueError(f"{len(weights)} weights for {n_models} models: give one weight per {what}")
+
+
+def merge_models(paths: list, method: str = "linear", weights: list[float] | None = None, base=None):
+    """Merge the models in `paths` (run, checkpoint or Hugging Face folders of one shape and tokenizer) → (model,
+    tokenizer, record). `linear`: the average with `weights` (normalized; equal by default); `slerp`: two models,
+    t = w₂/(w₁+w₂) (0.5 by default); `task`: `base` plus each model's difference from it times its weight (1 by
+    default). The record (saved as `merge.json`) names the method, each input, its weight and what it was."""
+    check_merge_args(len(paths), method, weights, base)
+    inputs = ([base] if method == "task" else []) + list(paths)
+    models, tok, descs = load_for_merge(inputs)
+    sds = [m.state_dict() for m in models]
+    record = dict(method=method)
+    if method == "linear":
+        w = _weights(weights, len(sds))
+        merged = linear_merge(sds, w)
+    elif method == "slerp":
+        w = _weights(weights, 2)
+        record["t"] = w[1]
+        merged = slerp_merge(sds[0], sds[1], w[1])
+    else:
+        w = _weights(weights, len(sds) - 1, "fine-tunes", normalize=False)
+        record["base"] = dict(path=str(base), loaded=descs[0])
+        merged = task_arithmetic(sds[0], sds[1:], w)
+        descs = descs[1:]
+    record["models"] = [dict(path=str(p), loaded=d, weight=wi) for p, d, wi in zip(paths, descs, w)]
+    model = models[0]
+    model.load_state_dict(merged)
+    return model.eval(), tok, record
+
+# %% ../nbs/20_merge.ipynb #e2000054
+def save_merged(model: nn.Module, out: str | Path, tokenizer=None, record: dict | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a merged model as a Hugging Face directory (`minillm.hf.save_hf`: config, safetensors, tokenizer) with
+    `merge.json` (the `record` of `merge_models`), built in a hidden folder beside `out` and renamed into place. An
+    existing non-empty `out` is replaced only with `overwrite` (FileExistsError otherwise)."""
+    import shutil
+
+    from .files import publish_dir, temp_dir
+    from .hf import save_hf
+
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file: give a folder for the merged model")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists: pass --force (overwrite=True) to replace it, or choose another folder")
+    work = temp_dir(out.parent, out.name)
+    try:
+        save_hf(model, work / "model", tokenizer=tokenizer)
+        (work / "model" / "merge.json").write_text(json.dumps(record or {}, indent=1) + "\n", encoding="utf-8")
+        publish_dir(work / "model", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
