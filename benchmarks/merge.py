@@ -11,7 +11,7 @@ models trained on; its prose and code parts scored separately and summed).
 Every run is an ordinary `minillm train` command (printed), single-threaded, with fixed steps and no time limit, so
 the figures reproduce on any machine; a run folder that already holds its final checkpoint is reused. The base is the
 toy preset trained for 800 steps (`--base DIR` reuses one trained by that same command). Writes
-benchmarks/results/merge.json and nbs/images/merge_interpolation.png.
+benchmarks/results/merge.json and benchmarks/results/merge.png (the chapter draws the same picture from the JSON).
 
     python benchmarks/merge.py [--runs runs/merge-bench] [--base DIR] [--threads 1]
 """
@@ -114,7 +114,7 @@ def main() -> None:
     p.add_argument("--keep", type=int, default=4, help="checkpoints the second seed keeps (every --save-every steps)")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "merge.json")
-    p.add_argument("--figure", type=Path, default=ROOT / "nbs" / "images" / "merge_interpolation.png")
+    p.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "results" / "merge.png")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0, runs, commands = time.time(), args.runs, {}

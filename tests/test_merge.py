@@ -230,7 +230,7 @@ def test_every_command_accepts_a_merged_folder(models, tmp_path):
     assert code == 0 and json.loads((tmp_path / "e.json").read_text())["bpb"] > 0, err
     assert run_cli("quantize", "--ckpt", tmp_path / "m", "--out", tmp_path / "q", "--bits", "8")[0] == 0
     assert run_cli("export", "--ckpt", tmp_path / "m", "--out", tmp_path / "m.gguf", "--format", "gguf")[0] == 0
-    # a merged folder is itself an input to merge (a soup of soups) and to train --init
+    # a merged folder is itself an input to merge (a soup of soups)
     assert run_cli("merge", tmp_path / "m", models / "a", "--out", tmp_path / "m2", "--method", "slerp")[0] == 0
 
 
