@@ -45,11 +45,12 @@ def train(out: Path, steps: int, threads: int, *extra: str) -> list[str]:
         done = Checkpoint(out).step == steps
     except (FileNotFoundError, ValueError):
         done = False
-    print(("reusing " if done else "") + " ".join(["minillm", *cmd[3:]]), file=sys.stderr, flush=True)
+    shown = ["minillm", *(os.path.relpath(a, ROOT) if os.path.isabs(a) else a for a in cmd[3:])]  # from the repo
+    print(("reusing " if done else "") + " ".join(shown), file=sys.stderr, flush=True)
     if not done:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         subprocess.run(cmd + (["--overwrite"] if (out / "checkpoints").exists() else []), check=True, env=env)
-    return ["minillm", *cmd[3:]]
+    return shown
 
 
 class Scorer:
@@ -123,8 +124,8 @@ def main() -> None:
     if args.base is None:
         commands["base"] = train(base, args.base_steps, args.threads)
     else:
-        commands["base"] = ["minillm", "train", "--preset", "toy", "--out", str(base), "--max-steps",
-                            str(args.base_steps), "--time-limit", "0"]
+        commands["base"] = ["minillm", "train", "--preset", "toy", "--out", os.path.relpath(base.resolve(), ROOT),
+                            "--max-steps", str(args.base_steps), "--time-limit", "0"]
     commands["seed1"] = train(runs / "scratch-seed1", args.base_steps, args.threads, "--seed", "1", "--ema",
                               str(args.ema), "--keep-checkpoints", str(args.keep), "--save-every", str(args.save_every))
     ft = ["--init", str(base), "--lr", "5e-4", "--min-lr", "5e-5", "--warmup", "20", "--save-every", str(args.ft_steps)]
