@@ -69,7 +69,8 @@ def linear_merge(state_dicts: list[dict], weights: list[float] | None = None, no
 
 # %% ../nbs/20_merge.ipynb #e2000024
 @torch.no_grad()
-def slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+def slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995,
+          eps: float = 1e-8) -> torch.Tensor:
     """Spherical linear interpolation between two tensors of one shape, flattened into vectors (mergekit's `slerp`):
     `sin((1−t)Ω)/sin Ω · v0 + sin(tΩ)/sin Ω · v1` with Ω the angle between them. Nearly parallel tensors
     (|cos Ω| > `dot_threshold`) get the linear blend `(1−t)·v0 + t·v1`, which SLERP tends to there. t=0 gives v0,
@@ -275,7 +276,8 @@ def save_merged(model: nn.Module, out: str | Path, tokenizer=None, record: dict 
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file: give a folder for the merged model")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists: pass --force (overwrite=True) to replace it, or choose another folder")
+        raise FileExistsError(f"{out} already exists: pass --force (overwrite=True) to replace it, or choose another "
+                              f"folder")
     work = temp_dir(out.parent, out.name)
     try:
         save_hf(model, work / "model", tokenizer=tokenizer)
