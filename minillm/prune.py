@@ -17,7 +17,7 @@ from .model import Llama
 
 # %% auto #0
 __all__ = ['SHAPE_AXES', 'PLAN_AXES', 'block_influence', 'Importance', 'aggregate', 'estimate_importance', 'target_shape',
-           'pruned_config', 'plan_shape', 'keep_indices', 'slice_model', 'prune']
+           'pruned_config', 'keep_indices', 'slice_model', 'plan_shape', 'prune']
 
 # %% ../nbs/19_prune.ipynb #ee1b042c
 def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
@@ -139,32 +139,6 @@ def pruned_config(cfg: LlamaConfig, shape: dict) -> LlamaConfig:
     d["head_dim"] = None if shape["n_heads"] * cfg.head_dim == shape["dim"] else cfg.head_dim
     return LlamaConfig.from_dict(d)
 
-# %% ../nbs/19_prune.ipynb #b0a4478d
-PLAN_AXES = ("dim", "ffn_dim")  # Llama-3.1-Minitron-4B-Width: embedding channels and MLP neurons; heads and layers kept
-
-def plan_shape(cfg: LlamaConfig, params: float, axes: tuple[str, ...] = PLAN_AXES, multiple_of: int = 8) -> dict:
-    """A shape with about `params` (a fraction in (0, 1)) of `cfg`'s parameters: every axis in `axes` (from n_layers,
-    dim, ffn_dim, n_kv_heads) shrunk by one common ratio, widths rounded to `multiple_of`, the candidate closest to the
-    target kept. The default prunes width only, as Minitron's best practice does for retraining with distillation."""
-    if isinstance(params, bool) or not isinstance(params, (int, float)) or not 0 < params < 1:
-        raise ValueError(f"params={params!r} must be a fraction strictly between 0 and 1 (0.75 keeps about 75% of "
-                         f"the {cfg.n_params:,} parameters)")
-    bad = [a for a in axes if a not in ("n_layers", "dim", "ffn_dim", "n_kv_heads")]
-    if bad or not axes:
-        raise ValueError(f"plan axes {list(axes)} must be some of n_layers, dim, ffn_dim, n_kv_heads")
-    target, best = params * cfg.n_params, None
-    for step in range(1, 1001):
-        ratio, shape = step / 1000, {}
-        for a in axes:
-            full = getattr(cfg, a)
-            unit = multiple_of if a in ("dim", "ffn_dim") and full >= 2 * multiple_of else 1
-            shape[a] = min(full, max(unit, unit * round(ratio * full / unit)))
-        shape = target_shape(cfg, **shape)
-        n = pruned_config(cfg, shape).n_params
-        if best is None or abs(n - target) < abs(best[0] - target):
-            best = (n, shape)
-    return best[1]
-
 # %% ../nbs/19_prune.ipynb #657bce2d
 def keep_indices(importance: Importance, shape: dict) -> dict:
     """What a model of `shape` keeps, the most important first chosen and then put back in their original order:
@@ -215,6 +189,32 @@ def slice_model(model: Llama, keep: dict) -> Llama:
         small = Llama(pruned_config(cfg, shape))
     small.load_state_dict(new)
     return small.to(w.dtype).train(model.training)
+
+# %% ../nbs/19_prune.ipynb #b0a4478d
+PLAN_AXES = ("dim", "ffn_dim")  # Llama-3.1-Minitron-4B-Width: embedding channels and MLP neurons; heads and layers kept
+
+def plan_shape(cfg: LlamaConfig, params: float, axes: tuple[str, ...] = PLAN_AXES, multiple_of: int = 8) -> dict:
+    """A shape with about `params` (a fraction in (0, 1)) of `cfg`'s parameters: every axis in `axes` (from n_layers,
+    dim, ffn_dim, n_kv_heads) shrunk by one common ratio, widths rounded to `multiple_of`, the candidate closest to the
+    target kept. The default prunes width only, as Minitron's best practice does for retraining with distillation."""
+    if isinstance(params, bool) or not isinstance(params, (int, float)) or not 0 < params < 1:
+        raise ValueError(f"params={params!r} must be a fraction strictly between 0 and 1 (0.75 keeps about 75% of "
+                         f"the {cfg.n_params:,} parameters)")
+    bad = [a for a in axes if a not in ("n_layers", "dim", "ffn_dim", "n_kv_heads")]
+    if bad or not axes:
+        raise ValueError(f"plan axes {list(axes)} must be some of n_layers, dim, ffn_dim, n_kv_heads")
+    target, best = params * cfg.n_params, None
+    for step in range(1, 1001):
+        ratio, shape = step / 1000, {}
+        for a in axes:
+            full = getattr(cfg, a)
+            unit = multiple_of if a in ("dim", "ffn_dim") and full >= 2 * multiple_of else 1
+            shape[a] = min(full, max(unit, unit * round(ratio * full / unit)))
+        shape = target_shape(cfg, **shape)
+        n = pruned_config(cfg, shape).n_params
+        if best is None or abs(n - target) < abs(best[0] - target):
+            best = (n, shape)
+    return best[1]
 
 # %% ../nbs/19_prune.ipynb #336aca78
 def prune(model: Llama, calibration: torch.Tensor, *, n_layers: int | None = None, dim: int | None = None,
