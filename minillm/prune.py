@@ -62,8 +62,10 @@ def estimate_importance(model: Llama, calibration: torch.Tensor, batch_size: int
     channels = torch.zeros(cfg.dim, device=device)
     influence = torch.zeros(L, device=device)
 
-    def add_to(acc):
-        return lambda module, args: acc.add_(aggregate(args[0]))
+    def add_input(acc):  # a pre-hook that returns nothing leaves the module's input as it is
+        def hook(module, args):
+            acc.add_(aggregate(args[0]))
+        return hook
     def add_norm(module, args, out):
         channels.add_(aggregate(out))
     def add_influence(i):
@@ -73,8 +75,8 @@ def estimate_importance(model: Llama, calibration: torch.Tensor, batch_size: int
 
     handles = [model.norm.register_forward_hook(add_norm)]
     for i, layer in enumerate(model.layers):
-        handles += [layer.feed_forward.w2.register_forward_pre_hook(add_to(ffn[i])),
-                    layer.attention.wo.register_forward_pre_hook(add_to(attn[i])),
+        handles += [layer.feed_forward.w2.register_forward_pre_hook(add_input(ffn[i])),
+                    layer.attention.wo.register_forward_pre_hook(add_input(attn[i])),
                     layer.attention_norm.register_forward_hook(add_norm), layer.ffn_norm.register_forward_hook(add_norm),
                     layer.register_forward_hook(add_influence(i))]
     was_training = model.training
