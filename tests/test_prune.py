@@ -91,6 +91,15 @@ def test_pruning_nothing_is_exact(model, imp):
         assert torch.equal(small(x), model(x))
 
 
+def test_tied_embeddings_stay_tied(calibration):
+    torch.manual_seed(2)
+    tied = Llama(LlamaConfig.from_name("debug", tie_embeddings=True, init_std=0.05)).eval()
+    small, kept = prune(tied, calibration, dim=48)
+    assert small.cfg.tie_embeddings and small.output.weight is small.tok_embeddings.weight
+    assert torch.equal(small.tok_embeddings.weight, tied.tok_embeddings.weight[:, kept["channels"]])
+    assert small.num_params() == small.cfg.n_params
+
+
 def test_removing_silent_pieces_changes_nothing(model, calibration):
     silent = Llama(model.cfg).eval()
     silent.load_state_dict(model.state_dict())
