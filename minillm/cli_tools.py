@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TOOL_PARSERS', 'cmd_quantize', 'cmd_finetune', 'cmd_merge']
+__all__ = ['TOOL_PARSERS', 'cmd_quantize', 'cmd_finetune', 'cmd_prune', 'cmd_merge']
 
 # %% ../nbs/90b_cli_tools.ipynb #56189887
 def _calibration(args, tok, max_seq_len: int):
@@ -162,8 +162,80 @@ def _finetune_parser(sub) -> None:
 
 # %% ../nbs/90b_cli_tools.ipynb #a0c11005
 def _prune_parser(sub) -> None:
-    "The `minillm prune` subcommand's arguments (chapter 19)."
-    return None
+    "The `minillm prune` subcommand's arguments."
+    s = sub.add_parser("prune", help="cut a smaller model out of a trained one (Minitron structured pruning)",
+                       description="Score every MLP neuron, attention head (in whole grouped-query groups), embedding "
+                       "channel and layer by its activations on calibration text, keep the most important ones for the "
+                       "shape asked, and write the smaller model as a Hugging Face directory (with the tokenizer and "
+                       "prune.json) that eval, generate, export and train --init accept. Recover its quality with "
+                       "`minillm train --init OUT --teacher CKPT`.")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="a run folder, a checkpoint folder or a Hugging Face "
+                   "Llama directory")
+    s.add_argument("--out", required=True, metavar="DIR", help="the Hugging Face directory to write")
+    s.add_argument("--params", type=float, metavar="FRACTION", help="keep about this share of the parameters, in "
+                   "(0, 1), by pruning embedding channels and MLP neurons (as Llama-3.1-Minitron-4B-Width)")
+    for axis, what in (("n_layers", "layers to keep (by Block Influence)"), ("dim", "embedding channels to keep"),
+                       ("n_heads", "query heads to keep (the same number in each kept group)"),
+                       ("n_kv_heads", "key/value heads to keep, each with its query heads"),
+                       ("ffn_dim", "MLP neurons to keep in each layer")):
+        s.add_argument("--" + axis.replace("_", "-"), dest=axis, type=int, metavar="N", help=what)
+    s.add_argument("--calibration-data", nargs="+", metavar="SPEC", default=["builtin?max_bytes=500000"],
+                   help="text to measure activations on (data specs as in train; default: 500 kB of the built-in corpus)")
+    s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="calibration windows of "
+                   "max_seq_len tokens (default: 128; Minitron used 1024)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=cmd_prune)
+
+# %% ../nbs/90b_cli_tools.ipynb #4507ff5c
+def cmd_prune(args) -> int:
+    """Write a structurally pruned copy of a checkpoint (Minitron: importance from activations on calibration
+    windows, then slicing) as a Hugging Face directory with the tokenizer and `prune.json` (what was kept)."""
+    import json
+    import shutil
+    import tempfile
+
+    from minillm.checkpoint import load_weights
+    from minillm.files import publish_dir, temp_dir
+    from minillm.hf import save_hf
+    from minillm.prune import SHAPE_AXES, plan_shape, prune, target_shape
+    from minillm.quantize import calibration_windows
+
+    explicit = {axis: getattr(args, axis) for axis in SHAPE_AXES if getattr(args, axis) is not None}
+    if (args.params is None) == (not explicit):
+        raise ValueError("give --params FRACTION (the share of parameters to keep) or an explicit shape "
+                         "(--n-layers/--dim/--n-heads/--n-kv-heads/--ffn-dim), one or the other")
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration-samples {args.calibration_samples} must be at least 1")
+    out, ckpt = Path(args.out).expanduser(), Path(args.ckpt).expanduser()
+    model, tok, what = load_weights(ckpt)
+    cfg = model.cfg
+    shape = plan_shape(cfg, args.params) if args.params is not None else target_shape(cfg, **explicit)
+    if tok is None:
+        raise ValueError(f"{ckpt} holds no tokenizer: the calibration text cannot be tokenized")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ValueError(f"--out {out} already exists: pass --force to replace it, or choose a new folder")
+    if ckpt.resolve() == out.resolve() or ckpt.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} is the checkpoint being pruned or holds it: write elsewhere")
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = calibration_windows(tok, args.calibration_data, tmp, args.calibration_samples, cfg.max_seq_len)
+    print(f"minillm prune: {what} ({cfg.n_params:,} parameters), importance from {calibration.shape[0]} windows of "
+          f"{calibration.shape[1]} tokens", file=sys.stderr, flush=True)
+    small, kept = prune(model, calibration, **shape)
+    info = dict(source=str(ckpt), params=args.params, calibration=dict(data=list(args.calibration_data),
+                windows=list(calibration.shape)), n_params=dict(before=cfg.n_params, after=small.cfg.n_params), **kept)
+    tmp = temp_dir(out.parent, out.name)
+    try:  # the Hugging Face files and prune.json appear together, or not at all
+        save_hf(small, tmp / "model", tokenizer=tok)
+        (tmp / "model" / "prune.json").write_text(json.dumps(info) + "\n")
+        publish_dir(tmp / "model", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    s = small.cfg
+    print(f"{out}: {s.n_params:,} parameters ({s.n_params / cfg.n_params:.1%} of {cfg.n_params:,}): n_layers "
+          f"{cfg.n_layers}→{s.n_layers}, dim {cfg.dim}→{s.dim}, n_heads {cfg.n_heads}→{s.n_heads}, n_kv_heads "
+          f"{cfg.n_kv_heads}→{s.n_kv_heads}, ffn_dim {cfg.ffn_dim}→{s.ffn_dim} (head_dim {s.head_dim}); retrain it "
+          f"with `minillm train --init {out} --teacher {ckpt}`")
+    return 0
 
 # %% ../nbs/90b_cli_tools.ipynb #a0c11007
 def cmd_merge(args) -> int:

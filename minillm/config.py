@@ -50,6 +50,7 @@ class LlamaConfig:
     n_layers: int = 22
     n_heads: int = 32  # query heads
     n_kv_heads: int = 4  # key/value heads: n_heads → multi-head, 1 → multi-query, in between → grouped-query
+    head_dim: int | None = None  # width of one head; None: dim // n_heads (a pruned model may keep wider heads)
     ffn_dim: int = 5632  # hidden width of the SwiGLU MLP
     max_seq_len: int = 2048
     rope_theta: float = 10000.0
@@ -59,8 +60,10 @@ class LlamaConfig:
     kernels: str = "auto"  # "torch" | "triton" | "auto" (Triton on CUDA, torch elsewhere)
 
     def __post_init__(self):
-        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len", "head_dim"):
             v = getattr(self, f)
+            if v is None and f == "head_dim":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{f}={v!r} must be a positive integer")
         for f in ("rope_theta", "norm_eps", "init_std"):
@@ -69,23 +72,21 @@ class LlamaConfig:
                 raise ValueError(f"{f}={v!r} must be a positive number")
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"tie_embeddings={self.tie_embeddings!r} must be True or False")
-        if self.dim % self.n_heads:
+        if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}: "
-                             f"head_dim = dim / n_heads must be a whole number")
+                             f"head_dim = dim / n_heads must be a whole number (or give head_dim)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: "
                              f"each key/value head must serve the same number of query heads "
                              f"(valid n_kv_heads: {', '.join(str(k) for k in range(1, self.n_heads + 1) if self.n_heads % k == 0)})")
+        given = self.head_dim is not None
+        if not given:
+            self.head_dim = self.dim // self.n_heads  # derived (as transformers' LlamaConfig does)
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (dim={self.dim} / n_heads={self.n_heads}) is odd: "
-                             f"RoPE rotates pairs of channels, so head_dim must be even")
+            raise ValueError(f"head_dim={self.head_dim} " + ("" if given else f"(dim={self.dim} / n_heads={self.n_heads}) ")
+                             + "is odd: RoPE rotates pairs of channels, so head_dim must be even")
         if self.kernels not in KERNELS:
             raise ValueError(f"kernels={self.kernels!r} is not one of {', '.join(KERNELS)}")
-
-    @property
-    def head_dim(self) -> int:
-        "Width of one attention head."
-        return self.dim // self.n_heads
 
     @property
     def n_rep(self) -> int:
@@ -111,15 +112,18 @@ class LlamaConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        "Plain dict of every field (JSON-serializable)."
-        return asdict(self)
+        "Plain dict of every field (JSON-serializable); `head_dim` only where it is not the derived dim // n_heads."
+        d = asdict(self)
+        if self.n_heads * self.head_dim == self.dim:
+            del d["head_dim"]  # derived: stored once, so `{**cfg.to_dict(), "dim": ...}` stays consistent
+        return d
 
     def param_counts(self) -> dict[str, int]:
         "Parameters by part of the model, counted from the shapes alone."
-        d, kv = self.dim, self.n_kv_heads * self.head_dim
+        d, q, kv = self.dim, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         return {
             "embedding": self.vocab_size * d,
-            "attention": self.n_layers * (2 * d * d + 2 * d * kv),
+            "attention": self.n_layers * (2 * d * q + 2 * d * kv),
             "mlp": self.n_layers * 3 * d * self.ffn_dim,
             "norms": (2 * self.n_layers + 1) * d,
             "head": 0 if self.tie_embeddings else d * self.vocab_size,
@@ -131,11 +135,12 @@ class LlamaConfig:
         return sum(self.param_counts().values())
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        "Training FLOPs per token, 6·N + 12·L·d·T (PaLM/torchtitan; N without the input embedding, the head counted)."
+        """Training FLOPs per token, 6·N + 12·L·H·Q·T (PaLM/torchtitan; H heads of width Q, so H·Q = d unless a pruned
+        model kept wider heads; N without the input embedding, the head counted)."""
         T = seq_len or self.max_seq_len
         c = self.param_counts()
         n_matmul = c["attention"] + c["mlp"] + c["norms"] + self.vocab_size * self.dim
-        return 6 * n_matmul + 12 * self.n_layers * self.dim * T
+        return 6 * n_matmul + 12 * self.n_layers * self.n_heads * self.head_dim * T
 
 # %% ../nbs/00_config.ipynb #250ac578
 TRAIN_PRESETS: dict[str, dict] = {

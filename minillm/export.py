@@ -304,6 +304,9 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
         writer.add_head_count_kv(cfg.n_kv_heads)
         writer.add_rope_freq_base(float(cfg.rope_theta))
         writer.add_rope_dimension_count(cfg.head_dim)
+        if cfg.n_heads * cfg.head_dim != cfg.dim:  # heads wider than dim / n_heads (a pruned model): say so
+            writer.add_key_length(cfg.head_dim)
+            writer.add_value_length(cfg.head_dim)
         writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
         writer.add_vocab_size(cfg.vocab_size)
         writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[quant or dtype]])
@@ -350,10 +353,12 @@ def load_gguf(path: str | os.PathLike) -> Llama:
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{path} has no token_embd.weight tensor")
-    heads = int(meta("llama.attention.head_count"))
+    heads, dim = int(meta("llama.attention.head_count")), int(meta("llama.embedding_length"))
+    head_dim = int(meta("llama.attention.key_length", dim // heads))
     cfg = LlamaConfig(name=str(meta("general.name", path.stem)), vocab_size=int(tensors["token_embd.weight"].shape[1]),
-                      dim=int(meta("llama.embedding_length")), n_layers=int(meta("llama.block_count")), n_heads=heads,
+                      dim=dim, n_layers=int(meta("llama.block_count")), n_heads=heads,
                       n_kv_heads=int(meta("llama.attention.head_count_kv", heads)),
+                      head_dim=None if head_dim * heads == dim else head_dim,
                       ffn_dim=int(meta("llama.feed_forward_length")), max_seq_len=int(meta("llama.context_length")),
                       rope_theta=float(meta("llama.rope.freq_base", 10000.0)),
                       norm_eps=float(meta("llama.attention.layer_norm_rms_epsilon")),

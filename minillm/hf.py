@@ -64,15 +64,14 @@ def config_from_hf(d: dict, name: str = "hf") -> LlamaConfig:
             raise ValueError(f"config.json sets {key}=true: projections with biases are not supported")
     if d.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json has hidden_act={d['hidden_act']!r}; only 'silu' (SwiGLU) is supported")
-    hidden, heads = d["hidden_size"], d["num_attention_heads"]
-    if d.get("head_dim") is not None and d["head_dim"] * heads != hidden:
-        raise ValueError(f"config.json has head_dim={d['head_dim']} but hidden_size={hidden} / num_attention_heads="
-                         f"{heads} = {hidden / heads:g}; a separate head_dim is not supported")
+    hidden, heads, head_dim = d["hidden_size"], d["num_attention_heads"], d.get("head_dim")
+    if head_dim is not None and head_dim * heads == hidden:
+        head_dim = None  # the derived width: not stored twice
     theta = _rope_theta_from_hf(d)
     try:
         return LlamaConfig(
             name=name, vocab_size=d["vocab_size"], dim=hidden, n_layers=d["num_hidden_layers"], n_heads=heads,
-            n_kv_heads=d.get("num_key_value_heads") or heads, ffn_dim=d["intermediate_size"],
+            n_kv_heads=d.get("num_key_value_heads") or heads, head_dim=head_dim, ffn_dim=d["intermediate_size"],
             max_seq_len=d.get("max_position_embeddings", 2048), rope_theta=theta, norm_eps=d.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(d.get("tie_word_embeddings", False)), init_std=d.get("initializer_range", 0.02))
     except ValueError as e:

@@ -5,8 +5,235 @@
 # %% ../nbs/19_prune.ipynb #f1900003
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .config import LlamaConfig
+from .model import Llama
+
 # %% auto #0
-__all__ = []
+__all__ = ['SHAPE_AXES', 'PLAN_AXES', 'block_influence', 'Importance', 'aggregate', 'estimate_importance', 'target_shape',
+           'pruned_config', 'keep_indices', 'slice_model', 'plan_shape', 'prune']
+
+# %% ../nbs/19_prune.ipynb #ee1b042c
+def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+    """Block Influence (ShortGPT): 1 − the cosine similarity of a block's input and output hidden states (…, dim),
+    averaged over tokens, in float32. 0 means the block changes no token's direction: removing it costs little."""
+    return 1 - F.cosine_similarity(x_in.float(), x_out.float(), dim=-1).mean()
+
+# %% ../nbs/19_prune.ipynb #3e2ae15a
+@dataclass
+class Importance:
+    """How much each prunable piece of a model matters on a calibration batch (Minitron's activation-based scores):
+    `ffn` (n_layers, ffn_dim) per SwiGLU neuron, `heads` (n_layers, n_heads) per query head, `groups`
+    (n_layers, n_kv_heads) per key/value head together with the query heads it serves, `channels` (dim,) per
+    embedding channel, and `blocks` (n_layers,) the Block Influence of each layer. Larger is more important."""
+    ffn: torch.Tensor
+    heads: torch.Tensor
+    groups: torch.Tensor
+    channels: torch.Tensor
+    blocks: torch.Tensor
+
+# %% ../nbs/19_prune.ipynb #aeb04f2f
+def aggregate(x: torch.Tensor) -> torch.Tensor:
+    """Minitron's aggregation of activations `x` (B, T, C) into one score per channel: the mean of |x| over the
+    sequence, then the L2 norm over the batch. Returns the *squared* norm (C,), float32, so that batches add up:
+    take `.sqrt()` once every batch is in."""
+    return x.detach().float().abs().mean(dim=1).pow(2).sum(dim=0)
+
+# %% ../nbs/19_prune.ipynb #b74d40f6
+@torch.no_grad()
+def estimate_importance(model: Llama, calibration: torch.Tensor, batch_size: int = 8) -> Importance:
+    """`Importance` of every neuron, head, key/value group, embedding channel and layer of `model`, from forward
+    passes over `calibration` token windows (N, T) only (no gradients). Hooks read the SwiGLU intermediate (the input
+    of w2), each head's attention output (the input of wo, before heads are mixed), every RMSNorm's output, and each
+    block's input and output; scores are `aggregate`d, then a head's score is the L2 norm of its channels' scores and
+    a group's the L2 norm over all its query heads' channels."""
+    cfg = model.cfg
+    if not (isinstance(calibration, torch.Tensor) and calibration.ndim == 2 and not calibration.is_floating_point()):
+        raise ValueError("calibration must be token windows: an integer tensor of shape (N, T)")
+    L, device = cfg.n_layers, next(model.parameters()).device
+    ffn = torch.zeros(L, cfg.ffn_dim, device=device)
+    attn = torch.zeros(L, cfg.n_heads * cfg.head_dim, device=device)
+    channels = torch.zeros(cfg.dim, device=device)
+    influence = torch.zeros(L, device=device)
+
+    def add_input(acc):  # a pre-hook that returns nothing leaves the module's input as it is
+        def hook(module, args):
+            acc.add_(aggregate(args[0]))
+        return hook
+    def add_norm(module, args, out):
+        channels.add_(aggregate(out))
+    def add_influence(i):
+        def hook(module, args, out):
+            influence[i] += block_influence(args[0], out) * args[0].shape[0]  # weighted by windows
+        return hook
+
+    handles = [model.norm.register_forward_hook(add_norm)]
+    for i, layer in enumerate(model.layers):
+        handles += [layer.feed_forward.w2.register_forward_pre_hook(add_input(ffn[i])),
+                    layer.attention.wo.register_forward_pre_hook(add_input(attn[i])),
+                    layer.attention_norm.register_forward_hook(add_norm), layer.ffn_norm.register_forward_hook(add_norm),
+                    layer.register_forward_hook(add_influence(i))]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calibration.split(batch_size):
+            model(batch.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_channel = attn.sqrt().view(L, cfg.n_kv_heads, cfg.n_rep, cfg.head_dim)  # query heads grouped by KV head
+    return Importance(ffn=ffn.sqrt().cpu(), heads=per_channel.norm(dim=-1).flatten(1).cpu(),
+                      groups=per_channel.flatten(2).norm(dim=-1).cpu(), channels=channels.sqrt().cpu(),
+                      blocks=(influence / calibration.shape[0]).cpu())
+
+# %% ../nbs/19_prune.ipynb #faa6c9b8
+SHAPE_AXES = ("n_layers", "dim", "n_heads", "n_kv_heads", "ffn_dim")  # what structured pruning can shrink
+
+def target_shape(cfg: LlamaConfig, **shape) -> dict:
+    """The full shape {n_layers, dim, n_heads, n_kv_heads, ffn_dim} a pruned `cfg` gets from the axes given in
+    `shape` (None or missing: unchanged), checked: every axis a positive int no larger than the model's. Heads go in
+    grouped-query groups: `n_kv_heads` alone drops whole groups (each keeps its n_heads/n_kv_heads query heads),
+    `n_heads` alone keeps as many groups as it can, and each kept group keeps the same number of query heads."""
+    unknown = [k for k in shape if k not in SHAPE_AXES]
+    if unknown:
+        raise ValueError(f"cannot prune {unknown[0]!r}; the axes are {', '.join(SHAPE_AXES)}")
+    out = {}
+    for axis in SHAPE_AXES:
+        v, full = shape.get(axis), getattr(cfg, axis)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= full):
+            raise ValueError(f"{axis}={v!r} must be an integer from 1 to the model's {axis}={full}")
+        out[axis] = v
+    heads, kv = out["n_heads"], out["n_kv_heads"]
+    if heads is None and kv is None:
+        heads, kv = cfg.n_heads, cfg.n_kv_heads
+    elif heads is None:
+        heads = kv * cfg.n_rep
+    elif kv is None:  # as many groups as share the heads evenly, each keeping at most its original query heads
+        fits = [k for k in range(1, cfg.n_kv_heads + 1) if heads % k == 0 and heads // k <= cfg.n_rep]
+        if not fits:
+            valid = sorted({k * r for k in range(1, cfg.n_kv_heads + 1) for r in range(1, cfg.n_rep + 1)})
+            raise ValueError(f"n_heads={heads} cannot be kept in whole grouped-query groups ({cfg.n_kv_heads} key/value "
+                             f"heads of {cfg.n_rep} query heads each): valid n_heads are {', '.join(map(str, valid))}")
+        kv = fits[-1]
+    if heads % kv:
+        valid = ", ".join(str(kv * r) for r in range(1, cfg.n_rep + 1))
+        raise ValueError(f"n_heads={heads} is not a multiple of n_kv_heads={kv}: every kept key/value head keeps the "
+                         f"same number of query heads (valid n_heads with n_kv_heads={kv}: {valid})")
+    if heads // kv > cfg.n_rep:
+        raise ValueError(f"n_heads={heads} with n_kv_heads={kv} would give each key/value head {heads // kv} query "
+                         f"heads, more than the model's {cfg.n_rep}: keep more key/value heads (n_kv_heads >= "
+                         f"{math.ceil(heads / cfg.n_rep)})")
+    out["n_heads"], out["n_kv_heads"] = heads, kv
+    return {axis: getattr(cfg, axis) if out[axis] is None else out[axis] for axis in SHAPE_AXES}
+
+# %% ../nbs/19_prune.ipynb #1bbb27ea
+def pruned_config(cfg: LlamaConfig, shape: dict) -> LlamaConfig:
+    """The `LlamaConfig` of `cfg` pruned to `shape` (as `target_shape` returns it). Heads keep their width, so a model
+    whose dim or n_heads was pruned gets an explicit `head_dim` (dim / n_heads no longer gives it)."""
+    d = {**cfg.to_dict(), **shape, "name": cfg.name if cfg.name.endswith("-pruned") else f"{cfg.name}-pruned"}
+    d["head_dim"] = None if shape["n_heads"] * cfg.head_dim == shape["dim"] else cfg.head_dim
+    return LlamaConfig.from_dict(d)
+
+# %% ../nbs/19_prune.ipynb #657bce2d
+def keep_indices(importance: Importance, shape: dict) -> dict:
+    """What a model of `shape` keeps, the most important first chosen and then put back in their original order:
+    `layers` (by Block Influence), `channels` (embedding channels, the same for every layer), and per kept layer its
+    `ffn` neurons, its `kv_heads` (whole grouped-query groups) and its query `heads` (the same number inside each kept
+    group, the most important of that group). Plain lists of ints (JSON)."""
+    imp = importance
+    n_kv_full = imp.groups.shape[1]
+    n_rep_full, n_rep = imp.heads.shape[1] // n_kv_full, shape["n_heads"] // shape["n_kv_heads"]
+    top = lambda scores, k: sorted(scores.topk(k).indices.tolist())
+    keep = dict(layers=top(imp.blocks, shape["n_layers"]), channels=top(imp.channels, shape["dim"]),
+                ffn=[], kv_heads=[], heads=[])
+    for layer in keep["layers"]:
+        groups = top(imp.groups[layer], shape["n_kv_heads"])
+        by_group = imp.heads[layer].view(n_kv_full, n_rep_full)
+        keep["ffn"].append(top(imp.ffn[layer], shape["ffn_dim"]))
+        keep["kv_heads"].append(groups)
+        keep["heads"].append([g * n_rep_full + h for g in groups for h in top(by_group[g], n_rep)])
+    return keep
+
+# %% ../nbs/19_prune.ipynb #09f3d88c
+@torch.no_grad()
+def slice_model(model: Llama, keep: dict) -> Llama:
+    """A new, smaller `Llama` holding the rows and columns of `model`'s weights that `keep` (from `keep_indices`)
+    names: an ordinary model of `pruned_config`'s shape, same dtype and device, the original untouched."""
+    cfg, sd = model.cfg, model.state_dict()
+    w = sd["tok_embeddings.weight"]
+    idx = lambda v: torch.as_tensor(v, dtype=torch.long, device=w.device)
+    hd = cfg.head_dim
+    rows = lambda heads: (idx(heads)[:, None] * hd + torch.arange(hd, device=w.device)).flatten()  # a head's rows
+    ch = idx(keep["channels"])
+    new = {"tok_embeddings.weight": w[:, ch], "norm.weight": sd["norm.weight"][ch],
+           "output.weight": sd["output.weight"][:, ch]}
+    for i, (old, ffn, kv, heads) in enumerate(zip(keep["layers"], keep["ffn"], keep["kv_heads"], keep["heads"])):
+        p, q, f, qr, kvr = f"layers.{old}.", f"layers.{i}.", idx(ffn), rows(heads), rows(kv)
+        new[q + "attention_norm.weight"] = sd[p + "attention_norm.weight"][ch]
+        new[q + "ffn_norm.weight"] = sd[p + "ffn_norm.weight"][ch]
+        new[q + "attention.wq.weight"] = sd[p + "attention.wq.weight"][qr][:, ch]
+        new[q + "attention.wk.weight"] = sd[p + "attention.wk.weight"][kvr][:, ch]
+        new[q + "attention.wv.weight"] = sd[p + "attention.wv.weight"][kvr][:, ch]
+        new[q + "attention.wo.weight"] = sd[p + "attention.wo.weight"][ch][:, qr]
+        new[q + "feed_forward.w1.weight"] = sd[p + "feed_forward.w1.weight"][f][:, ch]
+        new[q + "feed_forward.w3.weight"] = sd[p + "feed_forward.w3.weight"][f][:, ch]
+        new[q + "feed_forward.w2.weight"] = sd[p + "feed_forward.w2.weight"][ch][:, f]
+    shape = dict(n_layers=len(keep["layers"]), dim=len(keep["channels"]), n_heads=len(keep["heads"][0]),
+                 n_kv_heads=len(keep["kv_heads"][0]), ffn_dim=len(keep["ffn"][0]))
+    with torch.device(w.device):
+        small = Llama(pruned_config(cfg, shape))
+    small.load_state_dict(new)
+    return small.to(w.dtype).train(model.training)
+
+# %% ../nbs/19_prune.ipynb #b0a4478d
+PLAN_AXES = ("dim", "ffn_dim")  # Llama-3.1-Minitron-4B-Width: embedding channels and MLP neurons; heads and layers kept
+
+def plan_shape(cfg: LlamaConfig, params: float, axes: tuple[str, ...] = PLAN_AXES, multiple_of: int = 8) -> dict:
+    """A shape with about `params` (a fraction in (0, 1)) of `cfg`'s parameters: every axis in `axes` (from n_layers,
+    dim, ffn_dim, n_kv_heads) shrunk by one common ratio, widths rounded to `multiple_of`, the candidate closest to the
+    target kept. The default prunes width only, as Minitron's best practice does for retraining with distillation."""
+    if isinstance(params, bool) or not isinstance(params, (int, float)) or not 0 < params < 1:
+        raise ValueError(f"params={params!r} must be a fraction strictly between 0 and 1 (0.75 keeps about 75% of "
+                         f"the {cfg.n_params:,} parameters)")
+    bad = [a for a in axes if a not in ("n_layers", "dim", "ffn_dim", "n_kv_heads")]
+    if bad or not axes:
+        raise ValueError(f"plan axes {list(axes)} must be some of n_layers, dim, ffn_dim, n_kv_heads")
+    target, best = params * cfg.n_params, None
+    for step in range(1, 1001):
+        ratio, shape = step / 1000, {}
+        for a in axes:
+            full = getattr(cfg, a)
+            unit = multiple_of if a in ("dim", "ffn_dim") and full >= 2 * multiple_of else 1
+            shape[a] = min(full, max(unit, unit * round(ratio * full / unit)))
+        shape = target_shape(cfg, **shape)
+        n = pruned_config(cfg, shape).n_params
+        if best is None or abs(n - target) < abs(best[0] - target):
+            best = (n, shape)
+    return best[1]
+
+# %% ../nbs/19_prune.ipynb #336aca78
+def prune(model: Llama, calibration: torch.Tensor, *, n_layers: int | None = None, dim: int | None = None,
+          n_heads: int | None = None, n_kv_heads: int | None = None, ffn_dim: int | None = None,
+          params: float | None = None, batch_size: int = 8, importance: Importance | None = None) -> tuple[Llama, dict]:
+    """Minitron's structured pruning in one call: estimate `Importance` on `calibration` token windows (N, T) (or use
+    the `importance` given), choose what to keep for the explicit shape (`n_layers`, `dim`, `n_heads`, `n_kv_heads`,
+    `ffn_dim`; unchanged where None) or for `params`, a fraction of the parameters to keep (`plan_shape`), and slice.
+    Returns (the pruned model, `keep_indices`'s dict with the shape). Retrain it with distillation afterwards."""
+    explicit = dict(n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads, ffn_dim=ffn_dim)
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if params is not None and given:
+        raise ValueError(f"give params (a fraction of the parameters) or an explicit shape ({', '.join(given)}), not both")
+    if params is None and not given:
+        raise ValueError("nothing to prune: give params=FRACTION or some of n_layers, dim, n_heads, n_kv_heads, ffn_dim")
+    shape = plan_shape(model.cfg, params) if params is not None else target_shape(model.cfg, **given)
+    importance = importance if importance is not None else estimate_importance(model, calibration, batch_size)
+    keep = keep_indices(importance, shape)
+    small = slice_model(model, keep)
+    return small, {"shape": shape, **keep}

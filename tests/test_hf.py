@@ -216,7 +216,7 @@ def test_tinyllama_config():
     (dict(attention_bias=True), "attention_bias=true"),
     (dict(mlp_bias=True), "mlp_bias=true"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
-    (dict(head_dim=128), "head_dim=128 but hidden_size=2048 / num_attention_heads=32 = 64"),
+    (dict(head_dim=63), "invalid model: head_dim=63 is odd"),
     (dict(vocab_size=None), "lacks vocab_size"),
     (dict(intermediate_size=None, num_hidden_layers=None), "lacks intermediate_size, num_hidden_layers"),
     (dict(num_key_value_heads=5), "invalid model: n_heads=32 is not divisible by n_kv_heads=5"),
