@@ -13,7 +13,8 @@ __all__ = ['assert_close', 'n_params', 'flops_per_token', 'bpe_merge', 'bpe_enco
            'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution',
            'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets',
            'lora_merge', 'find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic',
-           'publish_dir']
+           'publish_dir', 'neuron_importance', 'layer_influence', 'slice_ffn', 'slerp_tensor', 'task_vector_merge',
+           'ema_average']
 
 # %% ../nbs/91_check.ipynb #65aab308
 # every check as `check.NAME`, from the modules that keep them (a module's `__all__` is its checks)
@@ -21,6 +22,7 @@ from .check_runner import assert_close
 from .check_model import *  # noqa: F403 (chapters 00 to 08)
 from .check_training import *  # noqa: F403 (chapters 09 to 21)
 from .check_tools import *  # noqa: F403 (checkpoints, lm-eval's requests, the command line, files)
+from .check_shrink import *  # noqa: F403 (chapters 18 to 20: distillation, pruning, merging)
 
 # the names `help(check)` lists (nbdev writes them into `__all__`)
 _all_ = [assert_close, n_params, flops_per_token, bpe_merge, bpe_encode, tokenizer_format, varint, pack, xy,
@@ -33,4 +35,4 @@ _all_ = [assert_close, n_params, flops_per_token, bpe_merge, bpe_encode, tokeniz
          expected_tokens_per_call, residual_distribution, accept_or_resample, quantize_int8, quantize_int4,
          gptq_quantize, chat_render, chat_targets, lora_merge,
          find_checkpoint, prune_checkpoints, harness_request, parse_count, write_atomic,
-         publish_dir]  # noqa: F405
+         publish_dir, neuron_importance, layer_influence, slice_ffn, slerp_tensor, task_vector_merge, ema_average]  # noqa: F405

@@ -3,7 +3,7 @@ import csv
 import io
 
 COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "peak_mem_gib",
-           "elapsed_s")
+           "elapsed_s", "ema_val_loss", "ema_val_bpb")
 
 
 def smoothed_loss(losses):

@@ -14,7 +14,7 @@ import torch
 from scipy.spatial.transform import Rotation, Slerp
 from torch import nn
 
-from minillm import check_merge
+from minillm import check
 from minillm.cli import main
 from minillm.config import LlamaConfig, TrainConfig
 from minillm.hf import save_hf
@@ -302,7 +302,7 @@ def solutions():
 def test_exercise_checks_pass_solutions_and_fail_wrong_answers(capsys):
     sol = solutions()
     for name in ("slerp_tensor", "task_vector_merge", "ema_average"):
-        getattr(check_merge, name)(getattr(sol, name))
+        getattr(check, name)(getattr(sol, name))
         assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
     wrong = {"slerp_tensor": lambda v0, v1, t: (1 - t) * v0 + t * v1,  # the chord, not the arc
              "task_vector_merge": lambda base, fts, lam: {k: v + sum(l * f[k] for l, f in zip(lam, fts))
@@ -310,4 +310,4 @@ def test_exercise_checks_pass_solutions_and_fail_wrong_answers(capsys):
              "ema_average": lambda ws, d: d * ws[0] + (1 - d) * ws[-1]}  # only the last step
     for name, fn in wrong.items():
         with pytest.raises(AssertionError, match=f"check.{name}: on "):
-            getattr(check_merge, name)(fn)
+            getattr(check, name)(fn)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minillm import check
 from minillm.cli import main
 from minillm.config import LlamaConfig
 from minillm.hf import load_hf, save_hf
@@ -270,15 +271,6 @@ def test_prune_command_refuses_to_overwrite_and_names_bad_input(run, text, tmp_p
 
 
 # ------------------------------------------------------------------------------------------------- exercise checks
-def _chapter_checks():
-    "The exercise checks, as the chapter's `#| export check_training` cell defines them."
-    nb = json.loads((ROOT / "nbs" / "19_prune.ipynb").read_text())
-    src = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("#| export check_training"))
-    ns = {"torch": torch}  # what minillm/check_training.py imports for every check
-    exec(compile(src, "19_prune check cell", "exec"), ns)
-    return ns
-
-
 def _solutions():
     spec = importlib.util.spec_from_file_location("solutions_19_prune", ROOT / "solutions" / "19_prune.py")
     module = importlib.util.module_from_spec(spec)
@@ -287,9 +279,9 @@ def _solutions():
 
 
 def test_exercise_checks_pass_the_solutions_and_fail_wrong_answers(capsys):
-    checks, sol = _chapter_checks(), _solutions()
+    sol = _solutions()
     for name in ("neuron_importance", "layer_influence", "slice_ffn"):
-        checks[name](getattr(sol, name))
+        getattr(check, name)(getattr(sol, name))
     assert capsys.readouterr().out.count("matches") == 2
     wrong = [("neuron_importance", lambda a: a.abs().mean(dim=(0, 1)), "activations of shape"),  # a mean over the batch
              ("neuron_importance", lambda a: a.mean(dim=1).norm(dim=0), "values differ"),  # signed mean: cancels out
@@ -299,7 +291,7 @@ def test_exercise_checks_pass_the_solutions_and_fail_wrong_answers(capsys):
              ("slice_ffn", lambda ff, keep: _slice_wrong_w2(sol, ff, keep), "values differ")]
     for name, fn, message in wrong:
         with pytest.raises(AssertionError, match=message):
-            checks[name](fn)
+            getattr(check, name)(fn)
 
 
 def _slice_wrong_w2(sol, ff, keep):  # slices w2's rows instead of its columns: fails only where shapes allow
