@@ -13,6 +13,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ from .tokenizer import Tokenizer
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_OUTPUTS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'is_sharded', 'save_checkpoint',
-           'find_checkpoint', 'Checkpoint', 'load_model', 'load_weights', 'claim_run_folder', 'is_sharded_checkpoint',
-           'save_sharded', 'load_sharded', 'load_full', 'load_checkpoint']
+           'find_checkpoint', 'Checkpoint', 'load_model', 'weights_config', 'load_weights', 'start_from',
+           'weights_tokenizer', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded', 'load_sharded',
+           'load_full', 'load_checkpoint']
 
 # %% ../nbs/12b_checkpoint.ipynb #e231309d
 CHECKPOINT_FORMAT = "minillm-checkpoint/1"
@@ -58,12 +60,13 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    cfg: LlamaConfig, tcfg: TrainConfig, tokenizer=None, keep: int = 1, env: DistEnv | None = None) -> Path:
+                    cfg: LlamaConfig, tcfg: TrainConfig, tokenizer=None, keep: int = 1, env: DistEnv | None = None,
+                    extra: Callable[[Path], None] | None = None) -> Path:
     """Write `run_dir/checkpoints/step-NNNNNNN/` whole or not at all, point `checkpoints/latest` at it, and keep only
     the newest `keep` checkpoints. One process writes the full tensors (`model.safetensors`, `optimizer.pt`); several
     processes (or one whose model FSDP sharded) each write their own pieces with torch.distributed.checkpoint (`save_sharded`), and once all are on disk
-    rank 0 adds the rest (generators, tokenizer, configs, `state.json` last) and publishes the folder. Called on every
-    process. Returns the checkpoint folder."""
+    rank 0 adds the rest (generators, tokenizer, configs, `extra(folder)`'s files such as the weights' moving average,
+    `state.json` last) and publishes the folder. Called on every process. Returns the checkpoint folder."""
     from safetensors.torch import save_model
 
     env = env or current_env()
@@ -87,6 +90,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
             torch.save(rng["torch"], tmp / "rng.pt")
             if tokenizer is not None:
                 tokenizer.save(tmp)
+            if extra is not None:
+                extra(tmp)
             (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             (tmp / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=1))
             full = dict(format=CHECKPOINT_FORMAT, **state, step=step, rng=dict(python=rng["python"], numpy=rng["numpy"]),
@@ -233,18 +238,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.eval(), tok, ckpt
 
 # %% ../nbs/12b_checkpoint.ipynb #1f0ad7e1
+def _hf_dir(path: Path) -> bool:
+    "Is `path` a Hugging Face model directory (its config.json names a model_type)?"
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+def weights_config(path: str | Path) -> LlamaConfig:
+    "The `LlamaConfig` of the weights `load_weights(path)` reads, without reading them."
+    from minillm.hf import config_from_hf
+
+    path = Path(path).expanduser()
+    if _hf_dir(path):
+        return config_from_hf(json.loads((path / "config.json").read_text(encoding="utf-8")), name=path.name)
+    return Checkpoint(path).config
+
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[Llama, Tokenizer | None, str]:
     """(model in eval mode and float32, tokenizer or None, what it is) from a run folder (its latest checkpoint), a
     checkpoint folder, or a Hugging Face Llama directory: the weights a run starts from (`minillm train --init`) or
     learns from (`--teacher`), and what `minillm prune` and `minillm merge` read."""
-    from .hf import load_hf
+    from minillm.hf import load_hf
 
     path = Path(path).expanduser()
-    try:
-        is_hf = "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        is_hf = False
-    if is_hf:
+    if _hf_dir(path):
         model = load_hf(path, dtype=torch.float32, device=resolve_device(str(device)))
         try:
             tok = Tokenizer.load(path)
@@ -253,6 +270,36 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         return model, tok, f"Hugging Face model {path}"
     model, tok, ckpt = load_model(path, device)
     return model, tok, f"{ckpt.path} (step {ckpt.step})"
+
+def start_from(model: nn.Module, path: str) -> str:
+    """Copy the weights at `path` (a run or checkpoint folder, or a Hugging Face directory: `load_weights`) into the
+    freshly built `model`, sharded or not: a run that starts from them with its own schedule and optimizer (continued
+    pretraining, a pruned model's recovery). The model's shape must be theirs. Returns what they were."""
+    source, _, what = load_weights(path, "cpu")
+    saved, wanted = ({k: v for k, v in c.to_dict().items() if k not in ("kernels", "name")}
+                     for c in (source.cfg, unwrap(model).cfg))
+    if diff := [f"{k}: {saved.get(k)!r} → {wanted.get(k)!r}" for k in sorted(saved) if saved.get(k) != wanted.get(k)]:
+        raise ValueError(f"cannot start from {path}: it holds another shape than the run's ({', '.join(diff)}); "
+                         f"`minillm train --init` takes the shape from the weights")
+    if is_sharded(model):
+        load_full(model, source.state_dict())
+    else:
+        unwrap(model).load_state_dict(source.state_dict())
+    return what
+
+def weights_tokenizer(path: str):
+    "The tokenizer kept with the weights at `path` (a run or checkpoint folder, or a Hugging Face directory)."
+    if not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"no such run, checkpoint or Hugging Face folder: {path}")
+    try:
+        return Checkpoint(path).tokenizer()
+    except (FileNotFoundError, ValueError):
+        pass
+    try:
+        return Tokenizer.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no tokenizer with the weights in {path}: give the one they were trained with "
+                                f"(--tokenizer)") from None
 
 # %% ../nbs/12b_checkpoint.ipynb #e0c4b7a9
 RUN_OUTPUTS = ("checkpoints", "metrics.csv", "loss.png", "tensorboard")  # what a run writes into its folder

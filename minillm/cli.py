@@ -40,7 +40,8 @@ def _train_overrides(args) -> dict:
                  out="out_dir", max_steps="max_steps", time_limit="time_limit", lr="lr", min_lr="min_lr",
                  warmup="warmup", batch="global_batch", micro_batch="micro_batch", seq_len="seq_len", device="device",
                  seed="seed", dtype="dtype", eval_every="eval_every", save_every="save_every", tokenizer="tokenizer",
-                 prompt="sample_prompt")
+                 prompt="sample_prompt", init="init", teacher="teacher", distill_alpha="distill_alpha",
+                 distill_temperature="distill_temperature", ema="ema", keep_checkpoints="keep_checkpoints")
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     if args.data:
         out["data"] = tuple(args.data)
@@ -94,6 +95,12 @@ def cmd_train(args) -> int:
     from minillm.train import train_run
 
     cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
+    if args.init:  # the model's shape is that of the weights the run starts from
+        import dataclasses
+
+        from minillm.checkpoint import weights_config
+
+        cfg = dataclasses.replace(weights_config(args.init), kernels=cfg.kernels)
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
     _check_train_args(args, tcfg)
     if args.threads:
@@ -385,6 +392,16 @@ def _train_parser(sub) -> None:
     s.add_argument("--kernels", choices=KERNELS, help="auto (default): Triton kernels on CUDA, PyTorch elsewhere; "
                    "the run prints what each seam got")
     s.add_argument("--seed", type=int)
+    s.add_argument("--init", metavar="DIR", help="start from these weights (a run or checkpoint folder, or a Hugging Face "
+                   "directory) with a fresh schedule; the model's shape and tokenizer are theirs")
+    s.add_argument("--teacher", metavar="DIR", help="distil: also learn the next-token distributions of this model "
+                   "(same tokenizer)")
+    s.add_argument("--distill-alpha", type=float, metavar="A", help="weight of the teacher's term: (1-A)·CE + A·T²·KL "
+                   "(default: 0.5)")
+    s.add_argument("--distill-temperature", type=float, metavar="T", help="softening of both distributions (default: 2)")
+    s.add_argument("--ema", type=float, metavar="DECAY", help="also keep, evaluate and save a moving average of the "
+                   "weights (e.g. 0.999)")
+    s.add_argument("--keep-checkpoints", type=int, metavar="K", help="keep the newest K checkpoints (default: 1)")
     s.add_argument("--parallel", choices=PARALLEL, help="with several processes (torchrun): fsdp (default) shards, "
                    "ddp replicates")
     s.add_argument("--activation-checkpointing", "--ac", dest="activation_checkpointing", choices=AC_MODES,

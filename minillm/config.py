@@ -212,6 +212,12 @@ class TrainConfig:
     tensorboard: bool = False  # log to out_dir/tensorboard (needs the tensorboard package)
     wandb: bool = False  # log to Weights & Biases (needs the wandb package and a login)
     wandb_project: str = "minillm"
+    init: str | None = None  # start from these weights (a run or checkpoint folder, a Hugging Face directory): 19_prune
+    teacher: str | None = None  # learn from this model's logits too (same tokenizer): 18_distill
+    distill_alpha: float = 0.5  # the loss is (1 - alpha)·CE + alpha·T²·KL(teacher ‖ student)
+    distill_temperature: float = 2.0  # T: both distributions softened by it
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved too (0: none): 20_merge
+    keep_checkpoints: int = 1  # how many of the newest checkpoints a run keeps (e.g. to average the last k: 20_merge)
 
     def __post_init__(self):
         if isinstance(self.data, str):
@@ -246,6 +252,14 @@ class TrainConfig:
                f"activation_checkpointing={self.activation_checkpointing!r} is not one of {', '.join(AC_MODES)}")
         _check(self.peak_tflops is None or (_is_num(self.peak_tflops) and self.peak_tflops > 0),
                f"peak_tflops={self.peak_tflops!r} must be a positive number (or None)")
+        _check(_is_num(self.distill_alpha) and 0 <= self.distill_alpha <= 1,
+               f"distill_alpha={self.distill_alpha!r} must be in [0, 1] (0: cross-entropy only, 1: the teacher only)")
+        _check(_is_num(self.distill_temperature) and self.distill_temperature > 0,
+               f"distill_temperature={self.distill_temperature!r} must be a positive number (1: the teacher as it is)")
+        _check(_is_num(self.ema) and 0 <= self.ema < 1,
+               f"ema={self.ema!r} must be in [0, 1): a decay such as 0.999 (0: no moving average)")
+        _check(_is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
+               f"keep_checkpoints={self.keep_checkpoints!r} must be an integer >= 1")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import _hf_dir
 from .config import LlamaConfig
 from .files import check_writable, ordinary_mode
 from .hf import load_hf, save_hf
@@ -83,14 +84,6 @@ def _check_output(out: Path, format: str, force: bool, source: Path | None = Non
                     raise ValueError(f"{out} is not a GGUF file: --force replaces only an earlier export")
 
 # %% ../nbs/14_export.ipynb #9601da58
-def _is_hf_dir(path: Path) -> bool:
-    "A Hugging Face model directory (its config.json names a model_type), as opposed to a minillm checkpoint?"
-    try:
-        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
 def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
     """(model, tokenizer, name) from a training checkpoint or run folder, a quantized checkpoint folder (`minillm
     quantize`: the model runs from its packed weights, and its `state_dict()` is dequantized), a fine-tune folder
@@ -102,7 +95,7 @@ def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
         if tok is None:
             raise FileNotFoundError(f"no tokenizer in quantized checkpoint {path}")
         return model, tok, info.get("name", path.name)
-    if _is_hf_dir(path):
+    if _hf_dir(path):
         model = load_hf(path)
         try:
             tok = Tokenizer.load(path)

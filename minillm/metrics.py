@@ -18,7 +18,7 @@ __all__ = ['METRICS_COLUMNS', 'MetricsLog', 'plot_metrics', 'Trackers', 'RunLog'
 
 # %% ../nbs/09b_metrics.ipynb #015e3d0e
 METRICS_COLUMNS = ("step", "loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu",
-                   "peak_mem_gib", "elapsed_s")
+                   "peak_mem_gib", "elapsed_s", "ema_val_loss", "ema_val_bpb")
 
 class MetricsLog:
     "Rows of `metrics.csv`; resuming at `resume_step` keeps the rows up to that step and appends after them."

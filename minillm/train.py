@@ -20,12 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, _set_rng_state, claim_run_folder, load_checkpoint, save_checkpoint
+from .checkpoint import (Checkpoint, _set_rng_state, claim_run_folder, load_checkpoint, save_checkpoint, start_from,
+                         weights_tokenizer)
 from .config import TRAIN_PRESETS, LlamaConfig, TrainConfig
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
+from .distill import Distiller, load_teacher
 from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_norm, current_env, dist_info, global_mean,
                           global_sum, grad_sync, parallelize, replicate, resolve_device, unwrap)
 from .kernels.switch import apply_kernels, describe_kernels
+from .merge import EMA
 from .metrics import RunLog, plot_metrics
 from .model import Llama
 from .prepare import agree_on_data, check_trainable, data_fingerprint, prepare_data, prepared_tokenizer, tokenizer_for
@@ -34,7 +37,8 @@ from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 # %% auto #0
 __all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
            'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
-           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'train_run']
+           'make_distiller', 'evaluate_ema', 'ema_writer', 'load_ema', 'evaluate_now', 'log_step', 'save_now',
+           'diverged', 'finish', 'train', 'train_run']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -143,6 +147,7 @@ class TrainResult:
     checkpoint: Path | None
     metrics: Path | None
     sample: str | None = None
+    ema_val_bpb: float | None = None  # the moving average of the weights (`TrainConfig.ema`), evaluated at the end
 
 # %% ../nbs/09_train.ipynb #cb91726e
 def _config_diff(a: dict, b: dict) -> str:
@@ -284,13 +289,16 @@ class RunState:
     last_saved: Path | None = None  # the newest checkpoint and its step
     last_saved_step: int | None = None
     loss: float | None = None  # the last step's training loss
+    ema_val_loss: float | None = None  # the same evaluation of the weights' moving average (`TrainConfig.ema`)
+    ema_val_bpb: float | None = None
     stopped_by: str = "max_steps"
 
 # %% ../nbs/09_train.ipynb #2e9a4b61
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loader, step: int, lr: float, ctx,
-               grad_clip: float) -> tuple[float, float]:
+               grad_clip: float, loss_fn: Callable | None = None) -> tuple[float, float]:
     """One optimizer step: this process's micro-batches of `step` (gradients exchanged once, with the last), the loss
     averaged over all processes, the gradient norm clipped to `grad_clip` (0: not clipped), then AdamW at `lr`.
+    The loss is `model(x, targets=y)`, or `loss_fn(model, x, y)` (e.g. a `Distiller`: chapter 18).
     Returns (loss, gradient norm before clipping); a step whose loss or norm is not finite is not applied."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -298,7 +306,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loade
     for i, (x, y) in enumerate(loader.micro_batches(step)):
         with grad_sync(model, i == loader.accum - 1):  # several processes: exchange gradients once per step
             with ctx:
-                loss = model(x, targets=y)
+                loss = model(x, targets=y) if loss_fn is None else loss_fn(model, x, y)
             (loss / loader.accum).backward()
         loss_sum += loss.detach()
     loss = global_mean(loss_sum / loader.accum).item()
@@ -333,9 +341,12 @@ class Run:
         self.evalset = EvalSet(self.loader, max_windows=tcfg.eval_batches * tcfg.micro_batch, data=val_data)
         ckpt = _resumable(self.run_dir, cfg, mixture) if resume else None
         self.model = build_model(cfg, tcfg, self.device)
+        self.started_from = start_from(self.model, tcfg.init) if tcfg.init and ckpt is None else None
+        self.distiller = make_distiller(tcfg, cfg, mixture, self.device)  # None: plain cross-entropy
+        self.ema = EMA(unwrap(self.model), float(tcfg.ema)) if tcfg.ema else None
         self.optimizer = make_optimizer(self.model, tcfg, self.device)
         self.budget.expect_checkpoint(12 * unwrap(self.model).num_params() // self.world)  # fp32 weights + AdamW
-        self.state = RunState(Schedule.of(tcfg))
+        self.state, self.notes = RunState(Schedule.of(tcfg)), []  # notes: said among the run's first lines
         if ckpt is not None:
             _restore(ckpt, self)
         self.model.train()
@@ -356,11 +367,76 @@ class Run:
         if self.state.schedule.warmup < tcfg.warmup:
             say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
                 f"{self.state.schedule.warmup}")
-        say(f"kernels: {describe_kernels(unwrap(self.model))}")
+        kernels = describe_kernels(unwrap(self.model))
+        if self.distiller is not None:  # the loss seam is not called: say what computes the loss instead
+            kernels = re.sub(r"loss=\S+", "loss=torch(distill)", kernels)
+        say(f"kernels: {kernels}")
+        if self.started_from is not None:
+            say(f"starting from the weights of {self.started_from}, with a fresh schedule and optimizer")
+        if self.distiller is not None:
+            say(self.distiller.describe())
+        if self.ema is not None:
+            say(f"ema: a moving average of the weights (decay {self.ema.decay:g}), evaluated beside them and saved in "
+                f"each checkpoint's ema/ folder")
         if self.peak is not None:
             say(f"{MFU_CONVENTION}; peak {self.peak:.0f} TFLOP/s per GPU ({peak_source})")
         if ckpt is not None:
             say(f"resuming from {ckpt.path} at step {self.state.step}")
+        for note in self.notes:
+            say(note)
+
+# %% ../nbs/09_train.ipynb #7a1e5d20
+def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, mixture: Mixture, device: torch.device) -> Distiller | None:
+    """The teacher's loss (`tcfg.teacher`, chapter 18), checked to share the data's tokenizer and the model's vocabulary,
+    its kernels the student's; every process holds the whole frozen teacher. None without a teacher."""
+    if tcfg.teacher is None:
+        return None
+    teacher, what = load_teacher(tcfg.teacher, mixture.datasets[0].tokenizer_fingerprint, cfg.vocab_size,
+                                 current_env(device).device)
+    apply_kernels(teacher, cfg.kernels, device=current_env(device).device)
+    return Distiller(teacher, tcfg.distill_alpha, tcfg.distill_temperature, name=what)
+
+def evaluate_ema(run: Run) -> tuple[float, float]:
+    "`evaluate` with the moving average of the weights in the model for a moment."
+    model = unwrap(run.model)
+    run.ema.swap(model)
+    try:
+        return evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
+    finally:
+        run.ema.swap(model)
+
+def ema_writer(run: Run) -> Callable[[Path], None]:
+    """The average's full tensors (gathered from every process: call on all of them) and a function that writes them
+    into a checkpoint folder as `ema/`, a Hugging Face directory every command reads."""
+    from minillm.hf import save_hf
+
+    full = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu() for n, t in run.ema.state_dict().items()}
+
+    def write(folder: Path) -> None:
+        with torch.device("meta"):
+            model = Llama(run.cfg)
+        model.to_empty(device="cpu")
+        if run.cfg.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.load_state_dict(full, strict=False)  # every parameter (a tied head is the embedding)
+        save_hf(model, folder / "ema", tokenizer=run.tokenizer)
+    return write
+
+def load_ema(run: Run, ckpt: Checkpoint) -> None:
+    "The average saved in `ckpt` (its `ema/` folder) back into the run's, each process taking its own pieces."
+    from minillm.distributed import _shard_like
+    from minillm.hf import load_hf
+
+    if not (ckpt.path / "ema").is_dir():
+        run.notes.append(f"ema: {ckpt.path} holds no average; it starts again from the weights at step {ckpt.step}")
+        return
+    full = dict(load_hf(ckpt.path / "ema", dtype=torch.float32).named_parameters())
+    with torch.no_grad():
+        for name, shadow in zip(run.ema.names, run.ema.shadow):
+            if hasattr(shadow, "to_local"):
+                shadow.to_local().copy_(_shard_like(full[name].to(shadow.device), shadow))
+            else:
+                shadow.copy_(full[name])
 
 # %% ../nbs/09_train.ipynb #c8e1f0a4
 def evaluate_now(run: Run, row: bool = False) -> None:
@@ -370,13 +446,16 @@ def evaluate_now(run: Run, row: bool = False) -> None:
     s.val_loss, s.val_bpb = evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
     b.eval_s, b.step_s_at_eval, s.last_eval = b.clock() - t, b.step_time() or None, s.step
     run.log.say(f"step {s.step}: val loss {s.val_loss:.4f}, val bpb {s.val_bpb:.4f}")
+    if run.ema is not None:
+        s.ema_val_loss, s.ema_val_bpb = evaluate_ema(run)
+        run.log.say(f"step {s.step}: ema val loss {s.ema_val_loss:.4f}, val bpb {s.ema_val_bpb:.4f}")
     if run.tokenizer is not None and tcfg.sample_tokens > 0 and b.limit is not None and not b.sample_s:
         t, probe = b.clock(), min(8, tcfg.sample_tokens)  # a few tokens, timed: the closing sample's cost
         _sample(run.model, run.tokenizer, tcfg.sample_prompt, probe, tcfg.seed)
         b.sample_s = (b.clock() - t) * tcfg.sample_tokens / probe
     if row:
         run.log.row(step=s.step, val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6), tokens=s.tokens,
-                    elapsed_s=f"{b.clock() - b.started:.2f}")
+                    elapsed_s=f"{b.clock() - b.started:.2f}", **_ema_columns(s))
 
 def log_step(run: Run, lr: float, grad_norm: float, seconds: float) -> None:
     """After a step: every `log_every` steps (and at an evaluation) a row of metrics.csv, its throughput and peak
@@ -392,10 +471,13 @@ def log_step(run: Run, lr: float, grad_norm: float, seconds: float) -> None:
                    mfu=mfu(tok_s / run.world, run.cfg.flops_per_token(run.seq_len), run.peak),
                    elapsed_s=f"{run.budget.clock() - run.budget.started:.2f}")
         if evaluated:
-            row.update(val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6))
+            row.update(val_loss=round(s.val_loss, 6), val_bpb=round(s.val_bpb, 6), **_ema_columns(s))
         run.log.row(**row)
     run.log.advance(s.schedule.max_steps, loss=f"{s.loss:.3f}", val_bpb=f"{s.val_bpb:.3f}" if s.val_bpb else "-",
                     tok_s=f"{run.tokens_per_step / max(seconds, 1e-9):,.0f}")
+
+def _ema_columns(s: RunState) -> dict:
+    return {} if s.ema_val_loss is None else dict(ema_val_loss=round(s.ema_val_loss, 6), ema_val_bpb=round(s.ema_val_bpb, 6))
 
 def save_now(run: Run) -> None:
     "A checkpoint of this step (every process takes part when there are several), timed for the budget."
@@ -404,7 +486,9 @@ def save_now(run: Run) -> None:
     record = dict(schedule=asdict(s.schedule), loader=run.loader.state_dict(), tokens=s.tokens,
                   val=dict(loss=s.val_loss, bpb=s.val_bpb), tokenizer=_tokenizer_record(run.tokenizer),
                   world_size=run.world, n_params=unwrap(run.model).num_params(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    path = save_checkpoint(run.run_dir, s.step, run.model, run.optimizer, record, run.cfg, run.tcfg, run.tokenizer)
+    extra = ema_writer(run) if run.ema is not None else None  # gathered by every process
+    path = save_checkpoint(run.run_dir, s.step, run.model, run.optimizer, record, run.cfg, run.tcfg, run.tokenizer,
+                           keep=run.tcfg.keep_checkpoints, extra=extra)
     b.save_s = b.clock() - t
     s.last_saved, s.last_saved_step = (path if run.rank == 0 else None), s.step
 
@@ -436,7 +520,8 @@ def finish(run: Run, started: float) -> TrainResult:
         sample = _sample(run.model, run.tokenizer, run.tcfg.sample_prompt, run.tcfg.sample_tokens, run.tcfg.seed)
     return TrainResult(step=s.step, loss=s.loss, val_loss=s.val_loss, val_bpb=s.val_bpb, tokens=s.tokens,
                        elapsed=run.budget.clock() - started, stopped_by=s.stopped_by, checkpoint=s.last_saved,
-                       metrics=run.run_dir / "metrics.csv" if run.rank == 0 else None, sample=sample)
+                       metrics=run.run_dir / "metrics.csv" if run.rank == 0 else None, sample=sample,
+                       ema_val_bpb=s.ema_val_bpb)
 
 def _why_stopped(s: RunState, stop_at: int | None) -> str:
     "How a loop that has left its `while` ended: preempted or out of time, `stop_at`, or its (maybe refit) schedule."
@@ -494,6 +579,8 @@ def _restore(ckpt: Checkpoint, run: Run) -> None:
         for k in ("max_steps", "warmup", "fitted"):
             if k in saved:
                 setattr(s.schedule, k, saved[k])
+    if run.ema is not None:
+        load_ema(run, ckpt)
     _set_rng_state(ckpt.rng_state(), ckpt.state["rng"]["python"], ckpt.state["rng"]["numpy"])
 
 # %% ../nbs/09_train.ipynb #01c3c885
@@ -525,9 +612,12 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
                 run.log.say(f"time limit: stopping at step {s.step} to leave time for evaluation and saving")
                 break
             t, lr = b.clock(), sched.lr_at(s.step)
-            loss, grad_norm = train_step(run.model, run.optimizer, run.loader, s.step, lr, run.ctx, tcfg.grad_clip)
+            loss, grad_norm = train_step(run.model, run.optimizer, run.loader, s.step, lr, run.ctx, tcfg.grad_clip,
+                                         run.distiller)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise diverged(run, loss, grad_norm, lr)
+            if run.ema is not None:
+                run.ema.update(unwrap(run.model))
             s.step, s.tokens, s.loss = s.step + 1, s.tokens + run.tokens_per_step, loss
             run.loader.step = s.step
             b.step_times.append(b.clock() - t)
@@ -562,6 +652,8 @@ def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, progress: bool,
         tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
     elif tcfg.tokenizer is not None:
         tokenizer = Tokenizer.load(tcfg.tokenizer)
+    elif tcfg.init is not None or tcfg.teacher is not None:  # the tokenizer of the weights started from or learned from
+        tokenizer = weights_tokenizer(tcfg.init or tcfg.teacher)
     if tokenizer is None:
         tokenizer = prepared_tokenizer(tcfg.data) or tokenizer_for(tcfg.data, cfg.vocab_size, cache,
                                                                    tcfg.tokenizer_bytes, verbose=verbose)
