@@ -124,7 +124,8 @@ def test_distiller_leaves_the_teacher_frozen(models):
 
 @pytest.mark.parametrize("alpha,T,what", [(1.5, 2.0, "alpha=1.5"), (-0.1, 2.0, "alpha=-0.1"),
                                           (float("nan"), 2.0, "alpha=nan"), (0.5, 0.0, "temperature=0.0"),
-                                          (0.5, -1.0, "temperature=-1.0"), (0.5, float("inf"), "temperature=inf")])
+                                          (0.5, -1.0, "temperature=-1.0"), (0.5, float("inf"), "temperature=inf"),
+                                          (True, 2.0, "alpha=True")])
 def test_distiller_refuses_bad_settings(models, alpha, T, what):
     with pytest.raises(ValueError, match=what) as e:
         Distiller(models[0], alpha, T)
