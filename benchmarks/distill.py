@@ -54,12 +54,13 @@ def last_val_bpb(run: Path) -> float:
     return float(rows[-1]["val_bpb"])
 
 
-def heldout_bpb(ckpt: Path, data: Path, threads: int) -> float:
-    out = ckpt / "heldout.json"
-    if not out.is_file():
-        minillm("eval", "--ckpt", str(ckpt), "--data", str(data), "--json", str(out), threads=threads,
-                log=ckpt / "eval.log")
-    return json.loads(out.read_text())["bpb"]
+def heldout_bpb(ckpt: Path, data: Path, out: Path, name: str, threads: int) -> float:
+    "`minillm eval --data` of one model, its JSON kept as OUT/NAME.heldout.json (a given teacher's folder is left alone)."
+    path = out / f"{name}.heldout.json"
+    if not path.is_file():
+        minillm("eval", "--ckpt", str(ckpt), "--data", str(data), "--json", str(path), threads=threads,
+                log=out / f"{name}.eval.log")
+    return json.loads(path.read_text())["bpb"]
 
 
 def student_init(out: Path, teacher: Path, seed: int) -> Path:
@@ -116,10 +117,11 @@ def main() -> None:
             timing.write_text(f"{seconds:.1f}\n")
         seconds = float(timing.read_text()) if timing.is_file() else None
         rows.append(dict(model=label, run=name, steps=args.steps, train_seconds=seconds, val_bpb=last_val_bpb(run),
-                         heldout_bpb=heldout_bpb(run, heldout, args.threads)))
+                         heldout_bpb=heldout_bpb(run, heldout, out, name, args.threads)))
         print(f"{label}: held-out {rows[-1]['heldout_bpb']:.4f} bits/byte", flush=True)
     teacher_row = dict(model="teacher (toy preset)", run=str(teacher), steps=None, train_seconds=None,
-                       val_bpb=last_val_bpb(teacher), heldout_bpb=heldout_bpb(teacher, heldout, args.threads))
+                       val_bpb=last_val_bpb(teacher),
+                       heldout_bpb=heldout_bpb(teacher, heldout, out, "teacher", args.threads))
 
     from minillm.config import LlamaConfig
     n_student = LlamaConfig.from_name("toy", **STUDENT).n_params
