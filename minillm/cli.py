@@ -40,7 +40,7 @@ def _train_overrides(args) -> dict:
                  out="out_dir", max_steps="max_steps", time_limit="time_limit", lr="lr", min_lr="min_lr",
                  warmup="warmup", batch="global_batch", micro_batch="micro_batch", seq_len="seq_len", device="device",
                  seed="seed", dtype="dtype", eval_every="eval_every", save_every="save_every", tokenizer="tokenizer",
-                 prompt="sample_prompt", init="init", teacher="teacher", distill_alpha="distill_alpha",
+                 prompt="sample_prompt", sample_tokens="sample_tokens", init="init", teacher="teacher", distill_alpha="distill_alpha",
                  distill_temperature="distill_temperature", ema="ema", keep_checkpoints="keep_checkpoints")
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     if args.data:
@@ -386,6 +386,7 @@ def _train_parser(sub) -> None:
     s.add_argument("--save-every", type=int, metavar="STEPS", help="steps between checkpoints")
     s.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
     s.add_argument("--prompt", help="prompt of the closing sample")
+    s.add_argument("--sample-tokens", type=int, metavar="N", help="tokens of the closing sample (0: none)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.add_argument("--dtype", choices=DTYPES, help="auto: bf16 autocast on CUDA, float32 elsewhere")
     s.add_argument("--compile", choices=["on", "off"], help="torch.compile the model (default: on CUDA only)")

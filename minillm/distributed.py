@@ -31,8 +31,9 @@ from .model import lm_loss
 # %% auto #0
 __all__ = ['PRECISIONS', 'DistEnv', 'process_group_backend', 'init_distributed', 'current_env', 'resolve_device', 'barrier',
            'destroy_distributed', 'agree', 'dist_info', 'global_sum', 'global_mean', 'free_port', 'spawn',
-           'InitRecorder', 'unwrap', 'apply_activation_checkpointing', 'activation_memory', 'resolve_parallel',
-           'resolve_precision', 'shard_fsdp', 'parallelize', 'replicate', 'grad_sync', 'clip_grad_norm', 'Preemption']
+           'InitRecorder', 'unwrap', 'reshard', 'apply_activation_checkpointing', 'activation_memory',
+           'resolve_parallel', 'resolve_precision', 'shard_fsdp', 'parallelize', 'replicate', 'grad_sync',
+           'clip_grad_norm', 'Preemption']
 
 # %% ../nbs/12_distributed.ipynb #165e0b7d
 @dataclass(frozen=True)
@@ -318,6 +319,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+def reshard(model: nn.Module) -> nn.Module:
+    """`model` with the weights a forward pass left gathered back in their shards (FSDP2 keeps the last block's
+    gathered for the backward pass): its parameters are all shards again, e.g. to copy other weights into them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+    return model
 
 # %% ../nbs/12_distributed.ipynb #92f0d6e1
 def _selective_policy(ctx, op, *args, **kwargs):

@@ -53,7 +53,8 @@ class MetricsLog:
 
 # %% ../nbs/09b_metrics.ipynb #9c30f41c
 def plot_metrics(metrics: str | Path, png: str | Path | None = None, title: str = ""):
-    """Training loss (and its moving average), validation loss and the learning rate from a `metrics.csv`.
+    """Training loss (and its moving average), validation loss (and that of the weights' moving average, when the run
+    kept one) and the learning rate from a `metrics.csv`.
     Writes `png` when given; returns the matplotlib Figure."""
     from matplotlib.figure import Figure
 
@@ -74,6 +75,9 @@ def plot_metrics(metrics: str | Path, png: str | Path | None = None, title: str 
         ax.plot(s, l, "o-", color="tab:orange", ms=3, label="val loss")
         ax.annotate(f"val {l[-1]:.3f} nats/token\n= {b[-1]:.3f} bits/byte", (s[-1], l[-1]), xytext=(-10, 25),
                     textcoords="offset points", ha="right", fontsize=8)
+    ema = [(int(r["step"]), num(r, "ema_val_loss")) for r in rows if num(r, "ema_val_loss") is not None]
+    if ema:  # `minillm train --ema`: the moving average of the weights, evaluated beside them
+        ax.plot(*zip(*ema), "s--", color="tab:red", ms=3, label="val loss, weights' moving average")
     ax.set_xlabel("step"); ax.set_ylabel("loss (nats/token)"); ax.legend(fontsize=8); ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)

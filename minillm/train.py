@@ -26,7 +26,7 @@ from .config import TRAIN_PRESETS, LlamaConfig, TrainConfig
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
 from .distill import Distiller, load_teacher
 from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_norm, current_env, dist_info, global_mean,
-                          global_sum, grad_sync, parallelize, replicate, resolve_device, unwrap)
+                          global_sum, grad_sync, parallelize, replicate, reshard, resolve_device, unwrap)
 from .kernels.switch import apply_kernels, describe_kernels
 from .merge import EMA
 from .metrics import RunLog, plot_metrics
@@ -397,13 +397,13 @@ def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, mixture: Mixture, device
     return Distiller(teacher, tcfg.distill_alpha, tcfg.distill_temperature, name=what)
 
 def evaluate_ema(run: Run) -> tuple[float, float]:
-    "`evaluate` with the moving average of the weights in the model for a moment."
+    "`evaluate` with the moving average of the weights in the model for a moment (kept in shards under FSDP)."
     model = unwrap(run.model)
-    run.ema.swap(model)
+    run.ema.swap(reshard(model))
     try:
         return evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
     finally:
-        run.ema.swap(model)
+        run.ema.swap(reshard(model))
 
 def ema_writer(run: Run) -> Callable[[Path], None]:
     """The average's full tensors (gathered from every process: call on all of them) and a function that writes them

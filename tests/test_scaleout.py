@@ -124,7 +124,8 @@ def test_torchrun_bf16_fsdp_triton_kernels_and_closing_sample(tmp_path):
     """bf16 FSDP with the Triton kernels (interpreted on the CPU) and the default micro-batch: the kernels are
     installed under FSDP, the closing sample generates with a bf16 KV cache, the run finishes."""
     res = torchrun("train", "--preset", "debug", "--dtype", "bfloat16", "--max-steps", "2", "--time-limit", "0",
-                   "--kernels", "triton", "--prompt", "def", "--out", "run", "--no-progress", cwd=tmp_path,
+                   "--kernels", "triton", "--prompt", "def", "--sample-tokens", "3", "--eval-every", "0", "--out", "run",
+                   "--no-progress", cwd=tmp_path,
                    extra_env=dict(TRITON_INTERPRET="1"))
     assert res.returncode == 0, res.stderr[-4000:]
     assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in res.stdout
