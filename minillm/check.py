@@ -13,8 +13,8 @@ __all__ = ['assert_close', 'n_params', 'flops_per_token', 'bpe_merge', 'bpe_enco
            'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution',
            'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets',
            'lora_merge', 'find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic',
-           'publish_dir', 'neuron_importance', 'layer_influence', 'slice_ffn', 'slerp_tensor', 'task_vector_merge',
-           'ema_average']
+           'publish_dir', 'temperature_softmax', 'distill_kl', 'distill_loss', 'neuron_importance', 'layer_influence',
+           'slice_ffn', 'slerp_tensor', 'task_vector_merge', 'ema_average']
 
 # %% ../nbs/91_check.ipynb #65aab308
 # every check as `check.NAME`, from the modules that keep them (a module's `__all__` is its checks)
@@ -35,4 +35,5 @@ _all_ = [assert_close, n_params, flops_per_token, bpe_merge, bpe_encode, tokeniz
          expected_tokens_per_call, residual_distribution, accept_or_resample, quantize_int8, quantize_int4,
          gptq_quantize, chat_render, chat_targets, lora_merge,
          find_checkpoint, prune_checkpoints, harness_request, parse_count, write_atomic,
-         publish_dir, neuron_importance, layer_influence, slice_ffn, slerp_tensor, task_vector_merge, ema_average]  # noqa: F405
+         publish_dir, temperature_softmax, distill_kl, distill_loss, neuron_importance, layer_influence, slice_ffn,
+         slerp_tensor, task_vector_merge, ema_average]  # noqa: F405

@@ -7,10 +7,63 @@ from __future__ import annotations
 
 import torch
 
-from .check_runner import _call, _exercise, _randn, _run, assert_close
+from .check_runner import _call, _desc, _exercise, _randn, _run, _same, assert_close
 
 # %% auto #0
-__all__ = ['slerp_tensor', 'task_vector_merge', 'ema_average', 'neuron_importance', 'layer_influence', 'slice_ffn']
+__all__ = ['temperature_softmax', 'distill_kl', 'distill_loss', 'slerp_tensor', 'task_vector_merge', 'ema_average',
+           'neuron_importance', 'layer_influence', 'slice_ffn']
+
+# %% ../nbs/91e_check_shrink.ipynb #e91e0002
+@_exercise
+def temperature_softmax(fn):
+    """Check `fn(logits, T)`: softmax(logits / T) over the last dimension, finite for logits in the thousands (subtract
+    the maximum first), against `torch.softmax`."""
+    cases = [(f"logits of {_desc(x)}, T={T}", (x, T)) for x, T in [
+        (_randn(7), 1.0), (_randn(3, 11, scale=4.0), 2.0), (_randn(2, 5, 50, seed=1), 4.0), (_randn(4, 9, scale=3.0), 0.5)]]
+    cases.append(("logits [[1000, 999, 0]] (exp(1000) overflows float32), T=1", (torch.tensor([[1000.0, 999.0, 0.0]]), 1.0)))
+    for where, (x, T) in cases:
+        got = _call("check.temperature_softmax", fn, where, x.clone(), T)
+        if isinstance(got, torch.Tensor) and got.is_floating_point() and not torch.isfinite(got).all():
+            raise AssertionError(f"check.temperature_softmax: on {where}, your result holds nan or inf (subtract each "
+                                 f"row's maximum before exp: the softmax is the same and exp cannot overflow)")
+        _same("check.temperature_softmax", got, torch.softmax(x / T, dim=-1), where)
+    return f"{len(cases)} inputs"
+
+@_exercise
+def distill_kl(fn):
+    """Check `fn(student_logits, teacher_logits, T) -> 0-dim tensor`: KL(teacher ‖ student) of softmax(logits / T),
+    summed over the vocabulary and averaged over positions (logits (N, V) or (B, T, V)), against
+    `torch.nn.functional.kl_div(log p_student, log p_teacher, log_target=True, reduction="batchmean")`."""
+    import torch.nn.functional as F
+
+    def ref(s, t, T):
+        V = s.shape[-1]
+        return F.kl_div(F.log_softmax(s.reshape(-1, V) / T, -1), F.log_softmax(t.reshape(-1, V) / T, -1),
+                        log_target=True, reduction="batchmean")
+    pairs = [((8, 20), 1.0, 1.0), ((2, 6, 50), 2.0, 2.0), ((5, 30), 4.0, 5.0), ((3, 40), 1.0, 0.5)]
+    cases = [(f"student and teacher logits of {_desc(_randn(*s))} (scale {k}), T={T}",
+              (_randn(*s, seed=1, scale=k), _randn(*s, seed=2, scale=k), T)) for s, T, k in pairs]
+    same = _randn(4, 10, seed=3)
+    cases.append(("identical student and teacher logits (4, 10), T=2 (KL is 0)", (same, same.clone(), 2.0)))
+    return f"{_run('check.distill_kl', fn, ref, cases, 1e-4, 1e-6)} pairs"
+
+@_exercise
+def distill_loss(fn):
+    """Check `fn(student_logits, teacher_logits, targets, alpha, T)`: (1 − α)·CE(student, targets) + α·T²·KL(teacher ‖
+    student) at temperature T, both terms means over the positions whose target is not -100, against
+    `minillm.distill.distill_loss`."""
+    from minillm.distill import distill_loss as ref
+
+    def targets(shape, V, seed, masked):
+        y = torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+        y.view(-1)[list(masked)] = -100
+        return y
+    specs = [((6, 20), 0.0, 1.0, ()), ((6, 20), 1.0, 1.0, ()), ((2, 5, 40), 0.5, 2.0, ()),
+             ((2, 5, 40), 0.5, 2.0, (0, 3, 7)), ((12, 30), 0.9, 4.0, (1, 2, 11))]
+    cases = [(f"logits of {_desc(_randn(*s))}, alpha={a}, T={T}" + (f", targets -100 at flat positions {list(m)}" if m
+              else ""), (_randn(*s, seed=1, scale=2.0), _randn(*s, seed=2, scale=2.0), targets(s[:-1], s[-1], 4, m), a, T))
+             for s, a, T, m in specs]
+    return f"{_run('check.distill_loss', fn, ref, cases, 1e-4, 1e-6)} inputs"
 
 # %% ../nbs/91e_check_shrink.ipynb #e2091e04
 @_exercise

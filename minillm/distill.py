@@ -37,9 +37,10 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
 
 # %% ../nbs/18_distill.ipynb #d1500005
 def _check_distill_args(alpha: float, temperature: float) -> None:
-    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise ValueError(f"distill alpha={alpha!r} must be between 0 (cross-entropy only) and 1 (teacher only)")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature > 0):
         raise ValueError(f"distill temperature={temperature!r} must be a positive number (1: the teacher as it is)")
 
 class Distiller:
@@ -60,7 +61,7 @@ class Distiller:
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.teacher.parameters())
-        return (f"distillation from {self.name} ({n:,} parameters, frozen): loss = {1 - self.alpha:g}·CE + "
+        return (f"distillation from {self.name}, {n:,} parameters, frozen: loss = {1 - self.alpha:g}·CE + "
                 f"{self.alpha:g}·T²·KL(teacher ‖ student) at T={self.temperature:g}, in PyTorch on full logits "
                 f"(the fused loss kernel is not used)")
 

@@ -660,6 +660,9 @@ def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, progress: bool,
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                          f"{cfg.vocab_size}: token ids would fall outside the embedding")
+    if tcfg.teacher is not None and getattr(weights_tokenizer(tcfg.teacher), "fingerprint", None) != tokenizer.fingerprint:
+        raise ValueError(f"the teacher {tcfg.teacher} uses another tokenizer than this run's: give a teacher trained "
+                         f"with the same tokenizer (or leave out --tokenizer: the teacher's is used)")
     data = prepare_data(tcfg.data, tokenizer, cache, progress=progress)
     val = prepare_data(tcfg.val_data, tokenizer, cache, progress=progress, held_out=True) if tcfg.val_data else None
     return tokenizer, data, val
