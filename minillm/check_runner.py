@@ -27,6 +27,7 @@ def assert_close(name: str, got, want, where: str, rtol: float = 1e-4, atol: flo
         raise AssertionError(f"{name}: on {where}, dtype {got.dtype} but the reference gives {want.dtype}")
     if not torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
         diff = (got.float() - want.float()).abs()
+        diff = torch.where(got.isnan() & want.isnan(), 0.0, diff.nan_to_num(nan=float("inf")))  # a lone nan differs most
         i = tuple(int(v) for v in torch.nonzero(diff == diff.max())[0])
         raise AssertionError(f"{name}: on {where}, values differ: max |difference| {diff.max().item():.3g} at index {i} "
                              f"(yours {got[i].item():.6g}, reference {want[i].item():.6g})")

@@ -299,3 +299,11 @@ def test_a_stub_of_a_file_writer_is_not_attempted_yet(capsys):
         raise NotImplementedError
     check.write_atomic(write_atomic)
     assert "check.write_atomic: not attempted yet" in capsys.readouterr().out
+
+
+def test_assert_close_names_a_nan_where_the_reference_has_a_number():
+    from minillm.check_runner import assert_close
+
+    with pytest.raises(AssertionError, match=r"at index \(1,\) \(yours nan, reference 2\)"):
+        assert_close("check.x", torch.tensor([1.0, float("nan"), 3.0]), torch.tensor([1.0, 2.0, 3.0]), "an input")
+    assert_close("check.x", torch.tensor([float("nan"), 1.0]), torch.tensor([float("nan"), 1.0]), "both nan")  # equal
