@@ -249,9 +249,14 @@ def test_cli_train_resume_generate(corpus, tmp_path, capsys):
     assert outs[0].startswith("def ") and outs[0] == outs[1]
 
 
-def test_cli_bad_input_is_one_line(tmp_path):
-    res = cli("train", "--data", "nope.txt", "--out", "run", cwd=tmp_path)
-    assert res.returncode == 2 and "no such file or folder: nope.txt" in res.stderr and "Traceback" not in res.stderr
-    res = cli("generate", "--ckpt", "nowhere", "--prompt", "x", cwd=tmp_path)
-    assert res.returncode == 2 and "no such checkpoint or run folder" in res.stderr
+def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    from minillm.cli import main  # in this process: an uncaught error would fail the test with its traceback
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "nope.txt", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no such file or folder: nope.txt" in err, err
+    assert main(["generate", "--ckpt", "nowhere", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no such checkpoint or run folder" in err, err
     assert not (tmp_path / "run").exists()
