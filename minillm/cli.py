@@ -83,8 +83,36 @@ def _latest(out_dir) -> str:
         return "no checkpoint was written yet"
 
 def cmd_train(args) -> int:
-    """Train a model: the toy preset on the built-in corpus by default. Prints the validation bits per byte and a
-    sample. Exit status: 0 when the run finished (or was requeued by Slurm), 75 when SIGTERM stopped it first."""
+    """Train a model: the toy preset on the built-in corpus by default. Progress and statistics (the validation bits
+    per byte among them) go to standard error, the closing sample's text to standard output. Exit status: 0 when the
+    run finished (or was requeued by Slurm), 75 when SIGTERM stopped it first."""
+    import contextlib
+
+    text_out, said = sys.stdout, _Said(sys.stderr)
+    with contextlib.redirect_stdout(said):  # everything the run says is a statistic...
+        status, sample = _train(args, said)
+    if sample is not None:  # ...but the sample, which is text
+        print(sample, file=text_out, flush=True)
+    return status
+
+class _Said:
+    """A stream for what a run says (standard error), led by a heading written only once the run says something:
+    input refused before the run starts stays a one-line error."""
+
+    def __init__(self, stream):
+        self.stream, self.heading = stream, ""
+
+    def write(self, text: str) -> int:
+        if self.heading:
+            self.stream.write(self.heading)
+            self.heading = ""
+        return self.stream.write(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno...: those of the stream
+        return getattr(self.stream, name)
+
+def _train(args, said: _Said) -> tuple:
+    "Run `minillm train`; returns its exit status and the closing sample (None when there is none to print)."
     import time
 
     start = time.time()
@@ -110,15 +138,16 @@ def cmd_train(args) -> int:
     env = init_distributed(None if tcfg.device == "auto" else tcfg.device)  # under torchrun: join the others
     try:
         if env.is_main:
-            print(f"minillm train: {cfg.name} model ({cfg.n_params:,} parameters) → {tcfg.out_dir}; data: "
-                  f"{', '.join(tcfg.data)}" + (f"; time limit {tcfg.time_limit:.0f} s" if tcfg.time_limit else "")
-                  + (f"; {env.world_size} processes" if env.world_size > 1 else ""), flush=True)
+            said.heading = (f"minillm train: {cfg.name} model ({cfg.n_params:,} parameters) → {tcfg.out_dir}; data: "
+                            f"{', '.join(tcfg.data)}" + (f"; time limit {tcfg.time_limit:.0f} s" if tcfg.time_limit
+                                                         else "")
+                            + (f"; {env.world_size} processes" if env.world_size > 1 else "") + "\n")
         res = train_run(cfg, tcfg, resume=args.resume, progress=not args.no_progress, start_time=start,
                         overwrite=args.overwrite)
     except KeyboardInterrupt:
         destroy_distributed(env, wait=False)
         print(f"\nminillm train: interrupted ({_latest(tcfg.out_dir)})", file=sys.stderr)
-        return 130
+        return 130, None
     except FileNotFoundError:  # a missing input: bad input, reported by main
         destroy_distributed(env, wait=False)
         raise
@@ -126,7 +155,7 @@ def cmd_train(args) -> int:
         destroy_distributed(env, wait=False)
         print(f"minillm train: error: {e.strerror or e} ({e.filename or tcfg.out_dir}); {_latest(tcfg.out_dir)}",
               file=sys.stderr)
-        return 1
+        return 1, None
     except BaseException:
         destroy_distributed(env, wait=False)
         raise
@@ -136,15 +165,15 @@ def cmd_train(args) -> int:
     requeued = stopped and (Preemption.requeue() if env.is_main else bool(os.environ.get("SLURM_JOB_ID")))
     status = EXIT_STOPPED if stopped and not requeued else 0
     if not env.is_main:
-        return status
+        return status, None
     _report(res, cfg, tcfg, env.world_size, start)
     if res.stopped_by == "preempted":  # SIGTERM: the checkpoint is saved; under Slurm, queue the job again
         print("requeued: the Slurm job will resume from this checkpoint" if requeued
               else "stopped by SIGTERM: continue with the same command and --resume")
-    return status
+    return status, res.sample
 
 def _report(res, cfg, tcfg, world_size: int, start: float) -> None:
-    "What a finished run prints: steps, validation, where things are, throughput, the sample."
+    "What a finished run reports: steps, validation, where things are, throughput."
     import time
 
     print(f"\ndone: {res.step} steps ({res.stopped_by.replace('_', ' ')}), {res.tokens:,} tokens, "
@@ -157,7 +186,7 @@ def _report(res, cfg, tcfg, world_size: int, start: float) -> None:
     if (line := throughput_summary(res.metrics, cfg, tcfg, world_size)) is not None:
         print(f"throughput, last logged steps: {line}")
     if res.sample is not None:
-        print(f"\nsample:\n{res.sample}")
+        print("\nsample (standard output):", flush=True)
 
 def cmd_plan(args) -> int:
     "Size a pretraining run before renting GPUs: memory per GPU, whether it fits, throughput at an MFU, days."

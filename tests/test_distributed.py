@@ -256,7 +256,7 @@ def test_launch_doc_cpu_commands(tmp_path):
     for c in cmds:
         res = subprocess.run(c.split(), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 processes" in res.stdout
+    assert "2 processes" in res.stderr
     one, two = metrics(tmp_path / "runs/cpu-1/metrics.csv"), metrics(tmp_path / "runs/cpu-2/metrics.csv")
     assert one.keys() == two.keys() and 6 in one
     for s in one:

@@ -128,9 +128,9 @@ def test_torchrun_bf16_fsdp_triton_kernels_and_closing_sample(tmp_path):
                    "--no-progress", cwd=tmp_path,
                    extra_env=dict(TRITON_INTERPRET="1"))
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in res.stdout
-    assert "micro-batch 4 (of at most 8)" in res.stdout and "2 processes" in res.stdout
-    assert "\nsample:\ndef" in res.stdout
+    assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in res.stderr
+    assert "micro-batch 4 (of at most 8)" in res.stderr and "2 processes" in res.stderr
+    assert res.stdout.startswith("def") and "kernels:" not in res.stdout  # the sample alone is text
     rows = MetricsLog.read(tmp_path / "run" / "metrics.csv")
     assert [r["step"] for r in rows if r["loss"]] == ["1", "2"]
     assert all(np.isfinite(float(r["loss"])) for r in rows if r["loss"])
@@ -148,7 +148,7 @@ def test_fsdp_on_one_process_saves_and_resumes(tmp_path, corpus):
     assert Checkpoint(tmp_path / "run").sharded and Checkpoint(tmp_path / "run").step == 3
     res = torchrun(*args, "--max-steps", "5", "--resume", cwd=tmp_path, nproc=1)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "step-0000003 at step 3" in res.stdout
+    assert "step-0000003 at step 3" in res.stderr
     steps = [int(r["step"]) for r in MetricsLog.read(tmp_path / "run" / "metrics.csv") if r["loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 5  # continued, not restarted
     model, _, ckpt = load_model(tmp_path / "run")
@@ -161,8 +161,8 @@ def test_kernels_flag_and_what_the_run_prints(tmp_path, corpus):
                   "--out", "run", "--no-progress", "--kernels", "torch", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # a generous time limit runs every step (it used to stop at step 8, comparing steps with seconds)
-    assert "done: 25 steps (max steps)" in res.stdout
-    assert "kernels: norm=torch rope=torch swiglu=torch loss=torch attention=sdpa" in res.stdout
+    assert "done: 25 steps (max steps)" in res.stderr
+    assert "kernels: norm=torch rope=torch swiglu=torch loss=torch attention=sdpa" in res.stderr
     assert Checkpoint(tmp_path / "run").step == 25
     res = minillm("train", "--preset", "debug", "--kernels", "cuda", cwd=tmp_path)
     assert res.returncode == 2 and "invalid choice: 'cuda'" in res.stderr

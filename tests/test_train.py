@@ -229,7 +229,9 @@ def test_cli_train_resume_generate(corpus, tmp_path, capsys):
     res = cli("train", "--preset", "debug", "--data", str(text), "--out", "run", "--max-steps", "6", "--time-limit", "0",
               "--no-progress", "--seq-len", "32", "--batch", "4", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "val bpb" in res.stdout and "sample:" in res.stdout and "done: 6 steps" in res.stdout
+    # statistics and progress go to standard error, the closing sample (text) alone to standard output
+    assert "val bpb" in res.stderr and "sample (standard output)" in res.stderr and "done: 6 steps" in res.stderr
+    assert res.stdout.strip() and "val bpb" not in res.stdout and "done:" not in res.stdout
     run = tmp_path / "run"
     rows = MetricsLog.read(run / "metrics.csv")
     assert {"step", "loss", "val_loss", "val_bpb", "lr", "tokens_per_s"} <= set(rows[0])
@@ -239,7 +241,7 @@ def test_cli_train_resume_generate(corpus, tmp_path, capsys):
     res = cli("train", "--preset", "debug", "--data", str(text), "--out", "run", "--max-steps", "8", "--time-limit", "0",
               "--no-progress", "--seq-len", "32", "--batch", "4", "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "resuming from" in res.stdout and "training a" not in res.stdout and Checkpoint(run).step == 8
+    assert "resuming from" in res.stderr and "training a" not in res.stderr and Checkpoint(run).step == 8
     from minillm.cli import main  # the same command in this process: twice, with one seed, the same text
 
     outs = []

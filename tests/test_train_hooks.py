@@ -85,7 +85,7 @@ def test_cli_init_takes_the_shape_and_tokenizer_of_the_weights(corpus, teacher, 
     code = main(["train", "--preset", "toy", "--init", str(teacher[0]), "--data", str(text), "--out", str(tmp_path / "r"),
                  "--max-steps", "1", "--time-limit", "0", "--seq-len", "32", "--batch", "8", "--no-progress",
                  "--device", "cpu"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # what the run says goes to standard error
     assert code == 0 and "minillm train: debug model (158,016 parameters)" in out
     assert "starting from the weights of" in out and "step-0000012 (step 12)" in out
     assert Checkpoint(tmp_path / "r").tokenizer().fingerprint == tok.fingerprint
@@ -177,8 +177,8 @@ def test_fsdp_runs_with_init_teacher_and_ema_like_one_process(corpus, teacher, t
                           "minillm", *args, "--out", "fsdp"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=420)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "loss=torch(distill)" in res.stdout and "the fused loss kernel is not used" in res.stdout
-    assert "2 processes" in res.stdout and Checkpoint(tmp_path / "fsdp").sharded
+    assert "loss=torch(distill)" in res.stderr and "the fused loss kernel is not used" in res.stderr
+    assert "2 processes" in res.stderr and Checkpoint(tmp_path / "fsdp").sharded
     assert main([*args, "--out", str(tmp_path / "one"), "--device", "cpu"]) == 0
     a = load_hf(Checkpoint(tmp_path / "fsdp").path / "ema").state_dict()
     b = load_hf(Checkpoint(tmp_path / "one").path / "ema").state_dict()
