@@ -12,9 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_weights
+from .config import LlamaConfig, TrainConfig
+from .distributed import current_env
+from .kernels.switch import apply_kernels
 
 # %% auto #0
-__all__ = ['distill_loss', 'Distiller', 'load_teacher']
+__all__ = ['distill_loss', 'Distiller', 'load_teacher', 'make_distiller']
 
 # %% ../nbs/18_distill.ipynb #d1500004
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -80,3 +83,16 @@ def load_teacher(path: str, tokenizer_fingerprint: str | None, vocab_size: int,
         raise ValueError(f"the teacher {path} has vocab_size={model.cfg.vocab_size} but the student {vocab_size}: "
                          f"their logits must cover the same vocabulary")
     return model, what
+
+# %% ../nbs/18_distill.ipynb #d1500007
+def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, tokenizer_fingerprint: str | None,
+                   device: torch.device | str = "cpu") -> Distiller | None:
+    """The loss of a training run with a teacher (`tcfg.teacher`, `--teacher`): the teacher from `load_teacher`,
+    checked to share the data's tokenizer (`tokenizer_fingerprint`) and the student's vocabulary, given the student's
+    kernels (`cfg.kernels`) on this process's device. Every process holds the whole frozen teacher. None without one."""
+    if tcfg.teacher is None:
+        return None
+    device = current_env(device).device
+    teacher, what = load_teacher(tcfg.teacher, tokenizer_fingerprint, cfg.vocab_size, device)
+    apply_kernels(teacher, cfg.kernels, device=device)
+    return Distiller(teacher, tcfg.distill_alpha, tcfg.distill_temperature, name=what)

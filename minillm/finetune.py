@@ -27,7 +27,7 @@ from .files import publish_dir, temp_dir
 from .generate import generate
 from .hf import to_hf_name
 from .model import Llama
-from .quantize import QuantEmbedding, QuantLinear, quantize_weight
+from .quantize import Linear4bit, QuantEmbedding, QuantLinear
 from .tokenizer import Tokenizer
 from .train import TrainingDiverged, lr_at
 
@@ -35,7 +35,7 @@ from .train import TrainingDiverged, lr_at
 __all__ = ['CHAT_ROLES', 'LORA_TARGETS', 'ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'FINETUNE_METHODS', 'FINETUNE_DTYPES',
            'FINETUNE_FORMAT', 'FINETUNE_FILE', 'check_conversation', 'render_chat', 'read_chat', 'chat_ids',
            'chat_example', 'chat_examples', 'pad_batch', 'LoRAConfig', 'LoRALinear', 'lora_layers', 'add_lora',
-           'merge_lora', 'adapter_state_dict', 'adapter_config', 'read_adapter_config', 'load_adapter', 'Linear4bit',
+           'merge_lora', 'adapter_state_dict', 'adapter_config', 'read_adapter_config', 'load_adapter',
            'quantize_blocks', 'FinetuneConfig', 'prepare_model', 'batch_indices', 'finetune_step', 'chat_loss',
            'weights_fingerprint', 'FinetuneResult', 'split_conversations', 'finetune', 'save_finetune', 'is_finetune',
            'load_finetune', 'chat_reply']
@@ -353,39 +353,6 @@ def load_adapter(model: Llama, path: str | os.PathLike) -> LoRAConfig:
     return cfg
 
 # %% ../nbs/21_finetune.ipynb #8eadb4c7
-class _FrozenQuantMatmul(torch.autograd.Function):
-    "x·Wᵀ for a packed weight W that is dequantized for the product and again for the backward, never kept in between."
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, packed: nn.Module) -> torch.Tensor:
-        ctx.packed = packed
-        return F.linear(x, packed.quantized().dequantize(x.dtype))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad @ ctx.packed.quantized().dequantize(grad.dtype), None  # no gradient for the frozen weight
-
-
-class Linear4bit(nn.Module):
-    """A frozen linear layer stored in 4 bits (the quantization chapter's `QuantLinear`: symmetric round-to-nearest
-    with a float16 scale per `group_size` weights) for QLoRA. Unlike `QuantLinear`'s own forward, the float weight
-    it computes with is not saved for the backward pass but dequantized again there, so training holds only the
-    packed bytes (QLoRA does the same)."""
-
-    def __init__(self, linear: nn.Linear, group_size: int = 64):
-        super().__init__()
-        self.out_features, self.in_features = linear.out_features, linear.in_features
-        self.packed = QuantLinear.from_weight(quantize_weight(linear.weight.detach(), 4, group_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _FrozenQuantMatmul.apply(x, self.packed)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        "The dequantized float32 weight."
-        return self.packed.weight
-
-
 def quantize_blocks(model: Llama, group_size: int = 64) -> Llama:
     """Replace every matrix of every block (q, k, v, o, gate, up, down) by a frozen `Linear4bit`, in place; the
     embedding, the norms and the output head keep their dtype (QLoRA leaves them in 16 bits too)."""

@@ -5,16 +5,24 @@
 # %% ../nbs/20_merge.ipynb #e2000003
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .config import LlamaConfig
+from .distributed import _shard_like, reshard
+from .hf import load_hf, save_hf
+from .model import Llama
+
 # %% auto #0
 __all__ = ['MERGE_METHODS', 'ARCH_FIELDS', 'check_mergeable', 'linear_merge', 'slerp', 'slerp_merge', 'task_arithmetic', 'EMA',
-           'load_for_merge', 'last_checkpoints', 'check_merge_args', 'merge_models', 'save_merged']
+           'ema_swapped', 'ema_writer', 'load_ema', 'load_for_merge', 'last_checkpoints', 'check_merge_args',
+           'merge_models', 'save_merged']
 
 # %% ../nbs/20_merge.ipynb #e2000014
 def check_mergeable(state_dicts: list[dict], names: list[str] | None = None) -> None:
@@ -167,6 +175,49 @@ class EMA:
         for n, s in zip(self.names, self.shadow):
             s.copy_(tensors[n])
 
+# %% ../nbs/20_merge.ipynb #e2000046
+@contextlib.contextmanager
+def ema_swapped(ema: EMA, model: nn.Module):
+    """The average in `model` for the length of a `with` block (to evaluate it), the model's own weights back after.
+    Under FSDP the weights a forward pass left gathered go back into their shards first (`reshard`), so the swap
+    copies shard to shard."""
+    ema.swap(reshard(model))
+    try:
+        yield model
+    finally:
+        ema.swap(reshard(model))
+
+# %% ../nbs/20_merge.ipynb #e2000047
+def ema_writer(ema: EMA, cfg: LlamaConfig, tokenizer=None) -> Callable[[Path], None]:
+    """The average's full tensors, gathered now from every process (call it on all of them), and a function that
+    writes them into a checkpoint folder as `ema/`: a Hugging Face directory every command reads."""
+    full = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu() for n, t in ema.state_dict().items()}
+
+    def write(folder: Path) -> None:
+        with torch.device("meta"):
+            model = Llama(cfg)
+        model.to_empty(device="cpu")
+        if cfg.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.load_state_dict(full, strict=False)  # every parameter (a tied head is the embedding)
+        save_hf(model, Path(folder) / "ema", tokenizer=tokenizer)
+    return write
+
+# %% ../nbs/20_merge.ipynb #e2000048
+def load_ema(ema: EMA, folder: str | Path) -> bool:
+    """The average saved in the checkpoint `folder` (its `ema/`) back into `ema`, each process taking its own pieces
+    of sharded tensors. False, and nothing loaded, when the checkpoint holds no average."""
+    if not (Path(folder) / "ema").is_dir():
+        return False
+    full = dict(load_hf(Path(folder) / "ema", dtype=torch.float32).named_parameters())
+    with torch.no_grad():
+        for name, shadow in zip(ema.names, ema.shadow):
+            if hasattr(shadow, "to_local"):  # a DTensor: this process's shard
+                shadow.to_local().copy_(_shard_like(full[name].to(shadow.device), shadow))
+            else:
+                shadow.copy_(full[name])
+    return True
+
 # %% ../nbs/20_merge.ipynb #e2000051
 MERGE_METHODS = ("linear", "slerp", "task")
 ARCH_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len", "rope_theta",
@@ -270,7 +321,6 @@ def save_merged(model: nn.Module, out: str | Path, tokenizer=None, record: dict 
     import shutil
 
     from .files import publish_dir, temp_dir
-    from .hf import save_hf
 
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():

@@ -22,10 +22,7 @@ from .config import LlamaConfig
 from .model import Llama
 
 # %% auto #0
-__all__ = ['SCHEMES', 'QUANT_FORMAT', 'LINEAR_NAMES', 'qrange', 'group_params', 'round_to_grid', 'QuantizedWeight',
-           'quantize_weight', 'pack_int4', 'unpack_int4', 'QuantLinear', 'QuantEmbedding', 'gptq_quantize',
-           'quant_plan', 'gptq_weights', 'calibration_windows', 'quantize_model', 'quantized_tensors', 'packed_bytes',
-           'save_quantized', 'is_quantized', 'load_quantized']
+__all__ = ['SCHEMES', 'QUANT_FORMAT', 'LINEAR_NAMES', 'qrange', 'group_params', 'round_to_grid', 'QuantizedWeight', 'quantize_weight', 'pack_int4', 'unpack_int4', 'QuantLinear', 'QuantEmbedding', 'gptq_quantize', 'quant_plan', 'gptq_weights', 'calibration_windows', 'quantize_model', 'quantized_tensors', 'packed_bytes', 'save_quantized', 'is_quantized', 'load_quantized', 'Linear4bit']
 
 # %% ../nbs/17_quantize.ipynb #c5a3202e
 SCHEMES = ("symmetric", "asymmetric", "q4_0")
@@ -447,3 +444,36 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu"):
     except FileNotFoundError:
         tok = None
     return model.eval(), tok, info
+
+# %% ../nbs/21_finetune.ipynb #8eadb4c8
+class _FrozenQuantMatmul(torch.autograd.Function):
+    "x·Wᵀ for a packed weight W that is dequantized for the product and again for the backward, never kept in between."
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, packed: nn.Module) -> torch.Tensor:
+        ctx.packed = packed
+        return F.linear(x, packed.quantized().dequantize(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.packed.quantized().dequantize(grad.dtype), None  # no gradient for the frozen weight
+
+
+class Linear4bit(nn.Module):
+    """A frozen linear layer stored in 4 bits (the quantization chapter's `QuantLinear`: symmetric round-to-nearest
+    with a float16 scale per `group_size` weights) for QLoRA. Unlike `QuantLinear`'s own forward, the float weight
+    it computes with is not saved for the backward pass but dequantized again there, so training holds only the
+    packed bytes (QLoRA does the same)."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 64):
+        super().__init__()
+        self.out_features, self.in_features = linear.out_features, linear.in_features
+        self.packed = QuantLinear.from_weight(quantize_weight(linear.weight.detach(), 4, group_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FrozenQuantMatmul.apply(x, self.packed)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        "The dequantized float32 weight."
+        return self.packed.weight

@@ -5,16 +5,13 @@
 # %% ../nbs/09_train.ipynb #6a23f2ce
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,11 +21,11 @@ from .checkpoint import (Checkpoint, _set_rng_state, claim_run_folder, load_chec
                          weights_tokenizer)
 from .config import TRAIN_PRESETS, LlamaConfig, TrainConfig
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
-from .distill import Distiller, load_teacher
+from .distill import make_distiller
 from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_norm, current_env, dist_info, global_mean,
-                          global_sum, grad_sync, parallelize, replicate, reshard, resolve_device, unwrap)
+                          global_sum, grad_sync, parallelize, replicate, resolve_device, unwrap)
 from .kernels.switch import apply_kernels, describe_kernels
-from .merge import EMA
+from .merge import EMA, ema_swapped, ema_writer, load_ema
 from .metrics import RunLog, plot_metrics
 from .model import Llama
 from .prepare import agree_on_data, check_trainable, data_fingerprint, prepare_data, prepared_tokenizer, tokenizer_for
@@ -37,8 +34,7 @@ from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 # %% auto #0
 __all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
            'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
-           'make_distiller', 'evaluate_ema', 'ema_writer', 'load_ema', 'evaluate_now', 'log_step', 'save_now',
-           'diverged', 'finish', 'train', 'train_run']
+           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'train_run']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -342,7 +338,7 @@ class Run:
         ckpt = _resumable(self.run_dir, cfg, mixture) if resume else None
         self.model = build_model(cfg, tcfg, self.device)
         self.started_from = start_from(self.model, tcfg.init) if tcfg.init and ckpt is None else None
-        self.distiller = make_distiller(tcfg, cfg, mixture, self.device)  # None: plain cross-entropy
+        self.distiller = make_distiller(tcfg, cfg, mixture.datasets[0].tokenizer_fingerprint, self.device)
         self.ema = EMA(unwrap(self.model), float(tcfg.ema)) if tcfg.ema else None
         self.optimizer = make_optimizer(self.model, tcfg, self.device)
         self.budget.expect_checkpoint(12 * unwrap(self.model).num_params() // self.world)  # fp32 weights + AdamW
@@ -356,87 +352,35 @@ class Run:
                           progress=progress, verbose=verbose, main=self.rank == 0)
         self.peak, peak_source = (peak_tflops(override=tcfg.peak_tflops)
                                   if tcfg.peak_tflops or self.device.type == "cuda" else (None, ""))
-        self._announce(micro, ckpt, peak_source)
+        _announce(self, ckpt, peak_source)
 
-    def _announce(self, micro: int, ckpt: Checkpoint | None, peak_source: str) -> None:
-        "The run's first lines: what it chose for the user (micro-batch, warmup) and what it installed."
-        say, tcfg = self.log.say, self.tcfg
-        if micro != tcfg.micro_batch:
-            say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step over "
-                f"{self.world} process(es) in {self.loader.accum} micro-step(s) each")
-        if self.state.schedule.warmup < tcfg.warmup:
-            say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
-                f"{self.state.schedule.warmup}")
-        kernels = describe_kernels(unwrap(self.model))
-        if self.distiller is not None:  # the loss seam is not called: say what computes the loss instead
-            kernels = re.sub(r"loss=\S+", "loss=torch(distill)", kernels)
-        say(f"kernels: {kernels}")
-        if self.started_from is not None:
-            say(f"starting from the weights of {self.started_from}, with a fresh schedule and optimizer")
-        if self.distiller is not None:
-            say(self.distiller.describe())
-        if self.ema is not None:
-            say(f"ema: a moving average of the weights (decay {self.ema.decay:g}), evaluated beside them and saved in "
-                f"each checkpoint's ema/ folder")
-        if self.peak is not None:
-            say(f"{MFU_CONVENTION}; peak {self.peak:.0f} TFLOP/s per GPU ({peak_source})")
-        if ckpt is not None:
-            say(f"resuming from {ckpt.path} at step {self.state.step}")
-        for note in self.notes:
-            say(note)
-
-# %% ../nbs/09_train.ipynb #7a1e5d20
-def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, mixture: Mixture, device: torch.device) -> Distiller | None:
-    """The teacher's loss (`tcfg.teacher`, chapter 18), checked to share the data's tokenizer and the model's vocabulary,
-    its kernels the student's; every process holds the whole frozen teacher. None without a teacher."""
-    if tcfg.teacher is None:
-        return None
-    teacher, what = load_teacher(tcfg.teacher, mixture.datasets[0].tokenizer_fingerprint, cfg.vocab_size,
-                                 current_env(device).device)
-    apply_kernels(teacher, cfg.kernels, device=current_env(device).device)
-    return Distiller(teacher, tcfg.distill_alpha, tcfg.distill_temperature, name=what)
-
-def evaluate_ema(run: Run) -> tuple[float, float]:
-    "`evaluate` with the moving average of the weights in the model for a moment (kept in shards under FSDP)."
-    model = unwrap(run.model)
-    run.ema.swap(reshard(model))
-    try:
-        return evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
-    finally:
-        run.ema.swap(reshard(model))
-
-def ema_writer(run: Run) -> Callable[[Path], None]:
-    """The average's full tensors (gathered from every process: call on all of them) and a function that writes them
-    into a checkpoint folder as `ema/`, a Hugging Face directory every command reads."""
-    from minillm.hf import save_hf
-
-    full = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu() for n, t in run.ema.state_dict().items()}
-
-    def write(folder: Path) -> None:
-        with torch.device("meta"):
-            model = Llama(run.cfg)
-        model.to_empty(device="cpu")
-        if run.cfg.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
-        model.load_state_dict(full, strict=False)  # every parameter (a tied head is the embedding)
-        save_hf(model, folder / "ema", tokenizer=run.tokenizer)
-    return write
-
-def load_ema(run: Run, ckpt: Checkpoint) -> None:
-    "The average saved in `ckpt` (its `ema/` folder) back into the run's, each process taking its own pieces."
-    from minillm.distributed import _shard_like
-    from minillm.hf import load_hf
-
-    if not (ckpt.path / "ema").is_dir():
-        run.notes.append(f"ema: {ckpt.path} holds no average; it starts again from the weights at step {ckpt.step}")
-        return
-    full = dict(load_hf(ckpt.path / "ema", dtype=torch.float32).named_parameters())
-    with torch.no_grad():
-        for name, shadow in zip(run.ema.names, run.ema.shadow):
-            if hasattr(shadow, "to_local"):
-                shadow.to_local().copy_(_shard_like(full[name].to(shadow.device), shadow))
-            else:
-                shadow.copy_(full[name])
+# %% ../nbs/09_train.ipynb #4c7d2e19
+def _announce(run: Run, ckpt: Checkpoint | None, peak_source: str) -> None:
+    "The run's first lines: what it chose for the user (micro-batch, warmup) and what it installed."
+    say, tcfg, micro = run.log.say, run.tcfg, run.loader.micro_batch
+    if micro != tcfg.micro_batch:
+        say(f"micro-batch {micro} (of at most {tcfg.micro_batch}): {tcfg.global_batch} sequences per step over "
+            f"{run.world} process(es) in {run.loader.accum} micro-step(s) each")
+    if run.state.schedule.warmup < tcfg.warmup:
+        say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
+            f"{run.state.schedule.warmup}")
+    kernels = describe_kernels(unwrap(run.model))
+    if run.distiller is not None:  # the loss seam is not called: say what computes the loss instead
+        kernels = re.sub(r"loss=\S+", "loss=torch(distill)", kernels)
+    say(f"kernels: {kernels}")
+    if run.started_from is not None:
+        say(f"starting from the weights of {run.started_from}, with a fresh schedule and optimizer")
+    if run.distiller is not None:
+        say(run.distiller.describe())
+    if run.ema is not None:
+        say(f"ema: a moving average of the weights (decay {run.ema.decay:g}), evaluated beside them and saved in "
+            f"each checkpoint's ema/ folder")
+    if run.peak is not None:
+        say(f"{MFU_CONVENTION}; peak {run.peak:.0f} TFLOP/s per GPU ({peak_source})")
+    if ckpt is not None:
+        say(f"resuming from {ckpt.path} at step {run.state.step}")
+    for note in run.notes:
+        say(note)
 
 # %% ../nbs/09_train.ipynb #c8e1f0a4
 def evaluate_now(run: Run, row: bool = False) -> None:
@@ -446,8 +390,9 @@ def evaluate_now(run: Run, row: bool = False) -> None:
     s.val_loss, s.val_bpb = evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
     b.eval_s, b.step_s_at_eval, s.last_eval = b.clock() - t, b.step_time() or None, s.step
     run.log.say(f"step {s.step}: val loss {s.val_loss:.4f}, val bpb {s.val_bpb:.4f}")
-    if run.ema is not None:
-        s.ema_val_loss, s.ema_val_bpb = evaluate_ema(run)
+    if run.ema is not None:  # the moving average of the weights, swapped in for a moment (chapter 20)
+        with ema_swapped(run.ema, unwrap(run.model)):
+            s.ema_val_loss, s.ema_val_bpb = evaluate(run.model, run.evalset, run.loader.micro_batch, run.ctx)
         run.log.say(f"step {s.step}: ema val loss {s.ema_val_loss:.4f}, val bpb {s.ema_val_bpb:.4f}")
     if run.tokenizer is not None and tcfg.sample_tokens > 0 and b.limit is not None and not b.sample_s:
         t, probe = b.clock(), min(8, tcfg.sample_tokens)  # a few tokens, timed: the closing sample's cost
@@ -486,7 +431,7 @@ def save_now(run: Run) -> None:
     record = dict(schedule=asdict(s.schedule), loader=run.loader.state_dict(), tokens=s.tokens,
                   val=dict(loss=s.val_loss, bpb=s.val_bpb), tokenizer=_tokenizer_record(run.tokenizer),
                   world_size=run.world, n_params=unwrap(run.model).num_params(), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    extra = ema_writer(run) if run.ema is not None else None  # gathered by every process
+    extra = ema_writer(run.ema, run.cfg, run.tokenizer) if run.ema is not None else None  # gathered by every process
     path = save_checkpoint(run.run_dir, s.step, run.model, run.optimizer, record, run.cfg, run.tcfg, run.tokenizer,
                            keep=run.tcfg.keep_checkpoints, extra=extra)
     b.save_s = b.clock() - t
@@ -579,8 +524,8 @@ def _restore(ckpt: Checkpoint, run: Run) -> None:
         for k in ("max_steps", "warmup", "fitted"):
             if k in saved:
                 setattr(s.schedule, k, saved[k])
-    if run.ema is not None:
-        load_ema(run, ckpt)
+    if run.ema is not None and not load_ema(run.ema, ckpt.path):
+        run.notes.append(f"ema: {ckpt.path} holds no average; it starts again from the weights at step {ckpt.step}")
     _set_rng_state(ckpt.rng_state(), ckpt.state["rng"]["python"], ckpt.state["rng"]["numpy"])
 
 # %% ../nbs/09_train.ipynb #01c3c885

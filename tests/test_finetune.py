@@ -14,12 +14,13 @@ from transformers.utils import logging as hf_logging
 from minillm.cli import main
 from minillm.config import LlamaConfig
 from minillm.evaluate import data_path
-from minillm.finetune import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FinetuneConfig, Linear4bit, LoRAConfig, add_lora,
+from minillm.finetune import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FinetuneConfig, LoRAConfig, add_lora,
                               adapter_config, adapter_state_dict, chat_example, chat_examples, chat_ids, finetune,
                               finetune_step, load_adapter, load_finetune, lora_layers, merge_lora, pad_batch,
                               prepare_model, read_adapter_config, read_chat, render_chat, save_finetune)
 from minillm.hf import save_hf
 from minillm.model import Llama
+from minillm.quantize import Linear4bit
 from minillm.tokenizer import CHAT_TEMPLATE, Tokenizer, python_stdlib_texts, save_hf_tokenizer
 
 hf_logging.set_verbosity_error()
