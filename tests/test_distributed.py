@@ -251,18 +251,25 @@ def metrics(path):
 
 
 def test_launch_doc_cpu_commands(tmp_path):
+    """The two CPU commands of examples/launch.md, as written: the debug recipe with its default micro-batch on one
+    process, then on two, where the micro-batch is fitted (8 → 4 per process); the losses stay the same."""
     cmds = launch_commands()
     assert len(cmds) == 2 and "torch.distributed.run --nproc_per_node 2" in cmds[1], cmds
+    assert all("--micro-batch" not in c for c in cmds), cmds  # the recipe's own micro-batch: 8, at most
+    said = []
     for c in cmds:
         res = subprocess.run(c.split(), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 processes" in res.stderr
+        said.append(res.stderr)
+    assert "(of at most" not in said[0]  # one process takes the 8 sequences in one micro-batch of 8
+    assert "micro-batch 4 (of at most 8): 8 sequences per step over 2 process(es) in 1 micro-step(s) each" in said[1]
+    assert "2 processes" in said[1]
     one, two = metrics(tmp_path / "runs/cpu-1/metrics.csv"), metrics(tmp_path / "runs/cpu-2/metrics.csv")
     assert one.keys() == two.keys() and 6 in one
-    for s in one:
-        for col in ("loss", "val_loss"):
-            if one[s][col]:
-                assert abs(float(one[s][col]) - float(two[s][col])) <= 1e-5, (s, col)
+    losses = [(s, col) for s in one for col in ("loss", "val_loss") if one[s][col]]
+    assert {(1, "loss"), (6, "loss"), (0, "val_loss"), (6, "val_loss")} <= set(losses), losses
+    for s, col in losses:
+        assert two[s][col] and abs(float(one[s][col]) - float(two[s][col])) <= 1e-5, (s, col, one[s][col], two[s][col])
     assert two[6]["tokens_per_s"] and float(two[6]["peak_mem_gib"]) > 0
 
 

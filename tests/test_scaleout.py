@@ -168,6 +168,47 @@ def test_kernels_flag_and_what_the_run_prints(tmp_path, corpus):
     assert res.returncode == 2 and "invalid choice: 'cuda'" in res.stderr
 
 
+def test_kernels_under_ddp_and_activation_checkpointing(tmp_path, corpus, capsys):
+    """DDP around a model with full activation checkpointing and the Triton kernels, built the way a run of two
+    processes builds it: the line the run prints is read from the model it trains, and a forward and backward pass
+    through DDP go through the kernels, each block's norms twice (the forward pass, then its recomputation in the
+    backward pass). The process group is PyTorch's test backend `fake` (two ranks in this process, collectives that
+    do nothing), so the gradients are not exchanged (`no_sync`); test_distributed trains DDP on two processes."""
+    from torch import distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from minillm.norm import RMSNorm
+
+    _, tok, data = corpus
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        cfg = LlamaConfig.from_name("debug", kernels="triton")
+        run = T.Run(cfg, tcfg(tmp_path / "run", parallel="ddp", activation_checkpointing="full", global_batch=4),
+                    data, tok, progress=False)
+        run.log.close()
+        run.lock.release()
+        said = capsys.readouterr().out  # `train` prints; the command line sends it to standard error
+        assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in said
+        assert "micro-batch 2 (of at most 4)" in said and isinstance(run.model, nn.parallel.DistributedDataParallel)
+        calls = {"blocks": 0, "final": 0}
+        for name, m in D.unwrap(run.model).named_modules():
+            if isinstance(m, RMSNorm):
+                assert m.norm_fn.__module__ == "minillm.kernels.rmsnorm", name
+
+                def counted(*args, fn=m.norm_fn, where="blocks" if name.startswith("layers.") else "final"):
+                    calls[where] += 1
+                    return fn(*args)
+                m.norm_fn = counted
+        x, y = next(iter(run.loader.micro_batches(0)))
+        with run.model.no_sync():
+            loss = run.model(x, targets=y)
+            loss.backward()
+        assert torch.isfinite(loss) and all(p.grad is not None for p in run.model.parameters())
+        assert calls == {"blocks": 2 * 2 * cfg.n_layers, "final": 1}  # 2 norms a block, each run twice
+    finally:
+        dist.destroy_process_group()
+
+
 # ------------------------------------------------------------------------------------ the time limit
 
 
