@@ -1,8 +1,9 @@
 """The scale-out path: what a GPU cluster run goes through, checked on CPUs.
 
-Process-group backends for CUDA runs, kernels and bf16 under FSDP (with the closing sample), the micro-batch fitted
-to the world size, a time limit in seconds (on an injected clock), validation text split off by source unit, a
-loader that reads each epoch's tokens once, held-out validation text, and `minillm plan`.
+Process-group backends for CUDA runs, kernels and bf16 under FSDP (with the closing sample), kernels under DDP and
+activation checkpointing, the micro-batch fitted to the world size, a time limit in seconds (on an injected clock),
+validation text split off by source unit, a loader that reads each epoch's tokens once, held-out validation text,
+and `minillm plan`.
 """
 import os
 import re
@@ -121,11 +122,12 @@ def test_micro_batch_is_an_upper_bound_fitted_to_the_world_size():
 
 
 def test_torchrun_bf16_fsdp_triton_kernels_and_closing_sample(tmp_path):
-    """bf16 FSDP with the Triton kernels (interpreted on the CPU) and the default micro-batch: the kernels are
-    installed under FSDP, the closing sample generates with a bf16 KV cache, the run finishes."""
+    """bf16 FSDP with full activation checkpointing, the Triton kernels (interpreted on the CPU) and the default
+    micro-batch: the kernels are installed under FSDP and checkpointing, the closing sample generates with a bf16 KV
+    cache, the run finishes."""
     res = torchrun("train", "--preset", "debug", "--dtype", "bfloat16", "--max-steps", "2", "--time-limit", "0",
-                   "--kernels", "triton", "--prompt", "def", "--sample-tokens", "3", "--eval-every", "0", "--out", "run",
-                   "--no-progress", cwd=tmp_path,
+                   "--kernels", "triton", "--activation-checkpointing", "full", "--prompt", "def", "--sample-tokens", "3",
+                   "--eval-every", "0", "--out", "run", "--no-progress", cwd=tmp_path,
                    extra_env=dict(TRITON_INTERPRET="1"))
     assert res.returncode == 0, res.stderr[-4000:]
     assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in res.stderr
