@@ -263,11 +263,7 @@ def cmd_export(args) -> int:
     "Export a checkpoint and its tokenizer to a Hugging Face directory or a GGUF file."
     from minillm.export import export, export_summary
 
-    try:
-        out = export(args.ckpt, args.out, format=args.format, dtype=args.dtype, quant=args.quant, force=args.force)
-    except FileExistsError as e:  # an existing --out: one line, like every other bad input
-        print(f"minillm export: error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.ckpt, args.out, format=args.format, dtype=args.dtype, quant=args.quant, force=args.force)
     print(export_summary(out))
     return 0
 
@@ -524,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input (an --out in the way too): one line
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
