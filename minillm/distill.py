@@ -12,9 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_weights
+from .config import LlamaConfig, TrainConfig
+from .data import Mixture
+from .distributed import current_env
+from .kernels.switch import apply_kernels
 
 # %% auto #0
-__all__ = ['distill_loss', 'Distiller', 'load_teacher']
+__all__ = ['distill_loss', 'Distiller', 'load_teacher', 'make_distiller']
 
 # %% ../nbs/18_distill.ipynb #d1500004
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -80,3 +84,14 @@ def load_teacher(path: str, tokenizer_fingerprint: str | None, vocab_size: int,
         raise ValueError(f"the teacher {path} has vocab_size={model.cfg.vocab_size} but the student {vocab_size}: "
                          f"their logits must cover the same vocabulary")
     return model, what
+
+# %% ../nbs/18_distill.ipynb #5b8e2f61
+def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, mixture: Mixture, device: torch.device) -> Distiller | None:
+    """The loss a run with a teacher (`tcfg.teacher`) trains on, the teacher checked to share the data's tokenizer and
+    the model's vocabulary, its kernels the student's; every process holds the whole frozen teacher. None without one."""
+    if tcfg.teacher is None:
+        return None
+    teacher, what = load_teacher(tcfg.teacher, mixture.datasets[0].tokenizer_fingerprint, cfg.vocab_size,
+                                 current_env(device).device)
+    apply_kernels(teacher, cfg.kernels, device=current_env(device).device)
+    return Distiller(teacher, tcfg.distill_alpha, tcfg.distill_temperature, name=what)
