@@ -29,9 +29,11 @@ test: install
 test-gpu: install
 	$(PY) -m pytest -m gpu $(ARGS)
 
-# llama.cpp agrees with the GGUF export; needs llama-cpp-python (see tests/integration/test_llama_cpp.py)
+# what needs an outside program: llama.cpp agrees with the GGUF export (needs llama-cpp-python, see
+# tests/integration/test_llama_cpp.py); a one-node Slurm runs the training and preparation templates (as root: the
+# tests set Slurm up with examples/slurm/local-cluster.sh). Pick one with ARGS, e.g. ARGS="-k slurm".
 test-integration: install
-	$(PY) -m pytest tests/integration -m integration $(ARGS)
+	$(PY) -m pytest -m integration $(ARGS)
 
 # export notebooks to the package, clean them, regenerate README.md; CI fails if this changes anything
 sync: install

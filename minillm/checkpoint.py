@@ -28,8 +28,8 @@ from .tokenizer import Tokenizer
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUN_OUTPUTS', 'DCP_METADATA_GLOBALS', 'OPTIMIZER_GROUPS', 'is_sharded', 'save_checkpoint',
            'find_checkpoint', 'Checkpoint', 'load_model', 'weights_config', 'load_weights', 'start_from',
-           'weights_tokenizer', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded', 'load_sharded',
-           'load_full', 'load_checkpoint']
+           'weights_tokenizer', 'tokenizer_at', 'claim_run_folder', 'is_sharded_checkpoint', 'save_sharded',
+           'load_sharded', 'load_full', 'load_checkpoint']
 
 # %% ../nbs/12b_checkpoint.ipynb #e231309d
 CHECKPOINT_FORMAT = "minillm-checkpoint/1"
@@ -300,6 +300,27 @@ def weights_tokenizer(path: str):
     except FileNotFoundError:
         raise FileNotFoundError(f"no tokenizer with the weights in {path}: give the one they were trained with "
                                 f"(--tokenizer)") from None
+
+# %% ../nbs/12b_checkpoint.ipynb #a1d7c3e5
+def tokenizer_at(path: str | Path) -> Tokenizer:
+    """The tokenizer at `path`: a run or checkpoint folder's (the latest checkpoint's, checked against its
+    fingerprint), or a tokenizer file or a folder holding one (a Hugging Face directory): what `--tokenizer` takes."""
+    path = Path(path).expanduser()
+    try:
+        ckpt = Checkpoint(path)
+    except FileNotFoundError:  # not a run or checkpoint folder
+        pass
+    else:
+        if (tok := ckpt.tokenizer()) is None:
+            raise FileNotFoundError(f"checkpoint {ckpt.path} holds no tokenizer: give the one its run was trained with")
+        return tok
+    try:
+        return Tokenizer.load(path)
+    except FileNotFoundError:
+        if not path.is_dir():
+            raise
+        raise FileNotFoundError(f"no tokenizer in '{path}': give a tokenizer file, a folder holding one (a Hugging Face "
+                                f"directory), or a run or checkpoint folder") from None
 
 # %% ../nbs/12b_checkpoint.ipynb #e0c4b7a9
 RUN_OUTPUTS = ("checkpoints", "metrics.csv", "loss.png", "tensorboard")  # what a run writes into its folder

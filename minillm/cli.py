@@ -120,7 +120,7 @@ def _train(args, said: _Said) -> tuple:
 
     from minillm.config import LlamaConfig
     from minillm.config import TrainConfig
-    from minillm.train import train_run
+    from minillm.train import run_config, train_run
 
     cfg = LlamaConfig.from_name(args.preset, **({"kernels": args.kernels} if args.kernels else {}))
     if args.init:  # the model's shape is that of the weights the run starts from
@@ -131,6 +131,7 @@ def _train(args, said: _Said) -> tuple:
         cfg = dataclasses.replace(weights_config(args.init), kernels=cfg.kernels)
     tcfg = TrainConfig.from_preset(args.preset, **_train_overrides(args))
     _check_train_args(args, tcfg)
+    cfg, _ = run_config(cfg, tcfg, args.resume)  # a tokenizer given sets the vocabulary (unless the preset pins it)
     if args.threads:
         torch.set_num_threads(args.threads)
     from minillm.distributed import Preemption, destroy_distributed, init_distributed
@@ -263,11 +264,7 @@ def cmd_export(args) -> int:
     "Export a checkpoint and its tokenizer to a Hugging Face directory or a GGUF file."
     from minillm.export import export, export_summary
 
-    try:
-        out = export(args.ckpt, args.out, format=args.format, dtype=args.dtype, quant=args.quant, force=args.force)
-    except FileExistsError as e:  # an existing --out: one line, like every other bad input
-        print(f"minillm export: error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.ckpt, args.out, format=args.format, dtype=args.dtype, quant=args.quant, force=args.force)
     print(export_summary(out))
     return 0
 
@@ -385,7 +382,7 @@ def cmd_eval(args) -> int:
 # %% ../nbs/90_cli.ipynb #f4a27d5f
 def _train_parser(sub) -> None:
     "The `minillm train` subcommand's arguments; the choices come from the config module, where recipes live."
-    from minillm.config import AC_MODES, DTYPES, KERNELS, PARALLEL, PRESETS
+    from minillm.config import AC_MODES, DTYPES, KERNELS, PARALLEL, PRESETS, VOCAB_PINNED
 
     s = sub.add_parser("train", help="train a model (default: the toy preset on the built-in corpus, a few CPU minutes)",
                        description="Train a Llama. With no arguments: the toy preset on the built-in corpus in under "
@@ -413,7 +410,9 @@ def _train_parser(sub) -> None:
     s.add_argument("--seq-len", type=int, metavar="TOKENS", help="training sequence length (<= the model's context)")
     s.add_argument("--eval-every", type=int, metavar="STEPS", help="steps between evaluations")
     s.add_argument("--save-every", type=int, metavar="STEPS", help="steps between checkpoints")
-    s.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
+    s.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one: a tokenizer file, a "
+                   "Hugging Face folder, or a run or checkpoint folder (its tokenizer); the model's vocabulary becomes "
+                   f"its size, except in the presets that pin theirs ({', '.join(VOCAB_PINNED)})")
     s.add_argument("--prompt", help="prompt of the closing sample")
     s.add_argument("--sample-tokens", type=int, metavar="N", help="tokens of the closing sample (0: none)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -524,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input (an --out in the way too): one line
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

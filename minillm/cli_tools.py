@@ -36,10 +36,11 @@ def _calibration(args, tok, max_seq_len: int):
 def cmd_quantize(args) -> int:
     "Write a quantized copy of a checkpoint (8 or 4 bits, round-to-nearest or GPTQ)."
     from minillm.export import export_summary, load_for_export
-    from minillm.quantize import is_quantized, quantize_model, save_quantized
+    from minillm.quantize import check_quantize_out, is_quantized, quantize_model, save_quantized
 
     if is_quantized(args.ckpt):
         raise ValueError(f"{args.ckpt} is already quantized; quantize the full-precision checkpoint")
+    out = check_quantize_out(args.out, args.force, sources=[args.ckpt])  # before any work
     group_size = args.group_size if args.group_size is not None else (32 if args.bits == 4 else None)
     model, tok, name = load_for_export(args.ckpt)
     calibration = _calibration(args, tok, model.cfg.max_seq_len) if args.method == "gptq" else None
@@ -48,11 +49,7 @@ def cmd_quantize(args) -> int:
     info = dict(name=f"{name}-{label}", bits=args.bits, group_size=group_size, scheme=args.scheme, method=args.method,
                 source=str(args.ckpt), calibration=None if calibration is None else
                 dict(data=list(args.calibration_data or []) or "training data", windows=list(calibration.shape)))
-    try:
-        out = save_quantized(qmodel, args.out, tok, info, overwrite=args.force)
-    except FileExistsError as e:
-        print(f"minillm quantize: error: {e}", file=sys.stderr)
-        return 2
+    save_quantized(qmodel, out, tok, info, overwrite=args.force, sources=[args.ckpt])
     print(export_summary(out))
     return 0
 
@@ -79,7 +76,7 @@ def _quantize_parser(sub) -> None:
                    "train; default: the checkpoint's training data)")
     s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="GPTQ calibration windows of "
                    "max_seq_len tokens (default: 128)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--force", action="store_true", help="replace an earlier quantized checkpoint in --out (nothing else)")
     s.set_defaults(func=cmd_quantize)
 
 # %% ../nbs/90b_cli_tools.ipynb #232ddf82
@@ -183,7 +180,7 @@ def _prune_parser(sub) -> None:
                    help="text to measure activations on (data specs as in train; default: 500 kB of the built-in corpus)")
     s.add_argument("--calibration-samples", type=int, default=128, metavar="N", help="calibration windows of "
                    "max_seq_len tokens (default: 128; Minitron used 1024)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--force", action="store_true", help="replace an earlier pruned model in --out (nothing else)")
     s.set_defaults(func=cmd_prune)
 
 # %% ../nbs/90b_cli_tools.ipynb #4507ff5c
@@ -195,8 +192,8 @@ def cmd_prune(args) -> int:
     import tempfile
 
     from minillm.checkpoint import load_weights
-    from minillm.files import publish_dir, temp_dir
-    from minillm.hf import save_hf
+    from minillm.files import check_output_dir, publish_dir, temp_dir
+    from minillm.hf import HF_FILES, save_hf
     from minillm.prune import SHAPE_AXES, plan_shape, prune, target_shape
     from minillm.quantize import calibration_windows
 
@@ -206,16 +203,14 @@ def cmd_prune(args) -> int:
                          "(--n-layers/--dim/--n-heads/--n-kv-heads/--ffn-dim), one or the other")
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples {args.calibration_samples} must be at least 1")
-    out, ckpt = Path(args.out).expanduser(), Path(args.ckpt).expanduser()
+    ckpt = Path(args.ckpt).expanduser()
+    out = check_output_dir(args.out, args.force, r"prune\.json|" + HF_FILES, "prune.json", "a pruned model",
+                           sources=[ckpt], role="the checkpoint being pruned")  # --force replaces an earlier prune only
     model, tok, what = load_weights(ckpt)
     cfg = model.cfg
     shape = plan_shape(cfg, args.params) if args.params is not None else target_shape(cfg, **explicit)
     if tok is None:
         raise ValueError(f"{ckpt} holds no tokenizer: the calibration text cannot be tokenized")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise ValueError(f"--out {out} already exists: pass --force to replace it, or choose a new folder")
-    if ckpt.resolve() == out.resolve() or ckpt.resolve().is_relative_to(out.resolve()):
-        raise ValueError(f"--out {out} is the checkpoint being pruned or holds it: write elsewhere")
     with tempfile.TemporaryDirectory() as tmp:
         calibration = calibration_windows(tok, args.calibration_data, tmp, args.calibration_samples, cfg.max_seq_len)
     print(f"minillm prune: {what} ({cfg.n_params:,} parameters), importance from {calibration.shape[0]} windows of "
@@ -240,12 +235,10 @@ def cmd_prune(args) -> int:
 # %% ../nbs/90b_cli_tools.ipynb #a0c11007
 def cmd_merge(args) -> int:
     "Merge models of one shape and tokenizer into a Hugging Face directory: linear, SLERP, task arithmetic, last k."
-    from minillm.files import check_writable
-    from minillm.merge import check_merge_args, last_checkpoints, merge_models, save_merged
+    from minillm.merge import check_merge_args, check_merge_out, last_checkpoints, merge_models, save_merged
 
-    out = check_writable(args.out)
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"--out {out} already exists: pass --force to replace it, or choose another folder")
+    sources = [*args.models, *([args.base] if args.base else [])]  # never replaced, not even with --force
+    out = check_merge_out(args.out, args.force, sources)
     paths = list(args.models)
     if args.last is not None:
         if len(paths) != 1 or args.method != "linear":
@@ -262,7 +255,7 @@ def cmd_merge(args) -> int:
     model, tok, record = merge_models(paths, args.method, args.weights, args.base)
     if args.last is not None:
         record.update(run=str(args.models[0]), last=args.last)
-    save_merged(model, out, tok, record, overwrite=args.force)
+    save_merged(model, out, tok, record, overwrite=args.force, sources=sources)
     inputs = ", ".join(f"{m['loaded']} × {m['weight']:.4g}" for m in record["models"])
     print(f"{out}: {args.method} merge of {inputs}" + (f" (t = {record['t']:.4g})" if "t" in record else "") +
           (f" onto the base {record['base']['loaded']}" if "base" in record else ""))
@@ -286,7 +279,7 @@ def _merge_parser(sub) -> None:
     s.add_argument("--base", metavar="DIR", help="the model the others were fine-tuned from (--method task)")
     s.add_argument("--last", type=int, metavar="K", help="average the last K checkpoints of the one run folder given "
                    "(a run keeps K with `minillm train --keep-checkpoints K`)")
-    s.add_argument("--force", action="store_true", help="replace an existing --out")
+    s.add_argument("--force", action="store_true", help="replace an earlier merge in --out (nothing else)")
     s.set_defaults(func=cmd_merge)
 
 # %% ../nbs/90b_cli_tools.ipynb #a0c11008

@@ -8,12 +8,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['PRESETS', 'KERNELS', 'TRAIN_PRESETS', 'DTYPES', 'PARALLEL', 'AC_MODES', 'LlamaConfig', 'TrainConfig']
+__all__ = ['PRESETS', 'VOCAB_PINNED', 'KERNELS', 'TRAIN_PRESETS', 'DTYPES', 'PARALLEL', 'AC_MODES', 'LlamaConfig', 'vocab_for',
+           'TrainConfig']
 
 # %% ../nbs/00_config.ipynb #53d9877b
 PRESETS: dict[str, dict] = {
@@ -31,6 +32,12 @@ PRESETS: dict[str, dict] = {
     "llama2-7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
                       max_seq_len=4096, rope_theta=10000.0, norm_eps=1e-5),
 }
+
+# Presets whose vocabulary is a published tokenizer's, Llama 2's 32,000 ids: part of the model they name, so a run keeps
+# it and refuses a tokenizer of another size. Every other preset's vocab_size is only the size of the tokenizer a run
+# trains when it is given none; given one, the model's vocabulary follows it (`vocab_for`).
+VOCAB_PINNED: dict[str, str] = {"tinystories-15m": "Llama 2's tokenizer", "tinyllama-1.1b": "Llama 2's tokenizer",
+                                "llama2-7b": "Llama 2's tokenizer"}
 
 KERNELS = ("auto", "torch", "triton")
 
@@ -142,6 +149,19 @@ class LlamaConfig:
         n_matmul = c["attention"] + c["mlp"] + c["norms"] + self.vocab_size * self.dim
         return 6 * n_matmul + 12 * self.n_layers * self.n_heads * self.head_dim * T
 
+# %% ../nbs/00_config.ipynb #7c4e19a2
+def vocab_for(cfg: LlamaConfig, n_ids: int) -> LlamaConfig:
+    """`cfg` for a run given a tokenizer of `n_ids` ids: its vocab_size becomes `n_ids`, unless the preset pins it
+    (`VOCAB_PINNED`); then a tokenizer of another size is refused in one line."""
+    if n_ids == cfg.vocab_size:
+        return cfg
+    if cfg.name in VOCAB_PINNED:
+        free = ", ".join(p for p in PRESETS if p not in VOCAB_PINNED)
+        raise ValueError(f"the tokenizer has {n_ids} ids but the {cfg.name} preset pins vocab_size={cfg.vocab_size} "
+                         f"({VOCAB_PINNED[cfg.name]}): give a tokenizer of {cfg.vocab_size} ids, or a preset whose "
+                         f"vocabulary follows the tokenizer ({free})")
+    return replace(cfg, vocab_size=n_ids)
+
 # %% ../nbs/00_config.ipynb #250ac578
 TRAIN_PRESETS: dict[str, dict] = {
     # five CPU minutes on the built-in corpus: `minillm train` with no arguments (the recipe benchmarks/toy_sweep.py
@@ -187,7 +207,7 @@ class TrainConfig:
     out_dir: str = "runs/run"  # run folder: checkpoints/, metrics.csv, loss.png, data/ (token and tokenizer cache)
     data: tuple = ("builtin",)  # data sources (`minillm.data.parse_data` values: builtin, a path, hf:NAME, a mixture)
     val_data: tuple = ()  # held-out text to evaluate on (same forms as `data`); empty: the val split of `data`
-    tokenizer: str | None = None  # a saved tokenizer; None: train a BPE tokenizer of the model's vocab_size on the data
+    tokenizer: str | None = None  # a tokenizer (file, folder, run or checkpoint folder); None: train one of vocab_size
     tokenizer_bytes: int = 4_000_000  # how much text that tokenizer is trained on
     lr: float = 3e-3  # peak learning rate
     min_lr: float = 3e-4  # floor of the cosine decay

@@ -84,7 +84,7 @@ def load_teacher(path: str, tokenizer_fingerprint: str | None, vocab_size: int,
                          f"their logits must cover the same vocabulary")
     return model, what
 
-# %% ../nbs/18_distill.ipynb #d1500007
+# %% ../nbs/18_distill.ipynb #5b8e2f61
 def make_distiller(tcfg: TrainConfig, cfg: LlamaConfig, tokenizer_fingerprint: str | None,
                    device: torch.device | str = "cpu") -> Distiller | None:
     """The loss of a training run with a teacher (`tcfg.teacher`, `--teacher`): the teacher from `load_teacher`,

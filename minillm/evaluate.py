@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .files import write_atomic
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'HELDOUT_SEPARATOR', 'data_dir', 'data_path', 'heldout_path', 'heldout_texts', 'sliding_windows',
@@ -189,17 +190,9 @@ def files_bpb(model: nn.Module, tokenizer, paths: list, seq_len: int | None = No
 
 # %% ../nbs/15_evaluate.ipynb #a9e6ee56
 def write_json(path: str | os.PathLike, obj) -> Path:
-    "Write `obj` as indented JSON to `path`, atomically: a temporary file in the same folder, then a rename."
+    "Write `obj` as indented JSON to `path`, atomically and with ordinary permissions (`minillm.files.write_atomic`)."
     path = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
     return path
 
 # %% ../nbs/15_evaluate.ipynb #bae8ac19

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ import torch
 
 from .checkpoint import _hf_dir
 from .config import LlamaConfig
-from .files import check_writable, ordinary_mode
-from .hf import load_hf, save_hf
+from .files import atomic_path, check_output_dir, check_writable
+from .hf import HF_FILES, load_hf, save_hf
 from .model import Llama
 from .quantize import is_quantized, load_quantized
 from .rope import half_to_interleaved, interleaved_to_half
@@ -51,37 +50,27 @@ def _check_export_options(format: str, dtype: str | None, quant: str | None) -> 
                          f"{', '.join(EXPORT_DTYPES)} (--dtype)")
 
 # %% ../nbs/14_export.ipynb #9d28962c
-# what an export writes, and so what `force` may replace (anything else in the folder stops it)
-EXPORT_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|"
-                          r"model\.safetensors\.index\.json|tokenizer(_config)?\.json|tokenizer\.model|"
-                          r"tokenizer\.bpe\.json|special_tokens_map\.json|added_tokens\.json")
+# what an export writes (`save_hf`'s files), and so what `force` may replace (anything else in the folder stops it)
+EXPORT_FILES = re.compile(HF_FILES)
 
 def _check_output(out: Path, format: str, force: bool, source: Path | None = None) -> None:
     """Refuse, before any work is done, an output path of the wrong kind, one that exists (unless `force`), and with
     `force` anything but an earlier export: never the `source` being exported, never a folder of other files."""
-    if source is not None:
-        src, dst = source.resolve(), out.resolve()
-        if src.is_relative_to(dst):  # the source itself, or a folder holding it
-            raise ValueError(f"--out {out} is the run being exported ({source}) or holds it: write the export elsewhere")
     if format == "hf":
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory; a Hugging Face export is a directory")
-        if out.is_dir() and any(out.iterdir()):
-            if not force:
-                raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
-            others = sorted(p.name for p in out.iterdir() if not EXPORT_FILES.fullmatch(p.name) or not p.is_file())
-            if others or not (out / "config.json").is_file():
-                raise ValueError(f"{out} holds files that are not an export (e.g. {(others or ['no config.json'])[0]}): "
-                                 f"--force replaces only an earlier export; choose another folder")
-    else:
-        if out.is_dir():
-            raise FileExistsError(f"{out} is a directory; a GGUF export is one file, e.g. {out / 'model.gguf'}")
-        if out.exists():
-            if not force:
-                raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
-            with open(out, "rb") as f:
-                if f.read(4) != b"GGUF":
-                    raise ValueError(f"{out} is not a GGUF file: --force replaces only an earlier export")
+        check_output_dir(out, force, EXPORT_FILES, "config.json", "an export", sources=[source] if source else [],
+                         role="the run being exported")
+        return
+    if source is not None and source.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} is the run being exported ({source}) or holds it: write the export elsewhere")
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a directory; a GGUF export is one file, e.g. {out / 'model.gguf'}")
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"{out} already exists; pass --force (force=True) to replace it")
+        with open(out, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError(f"{out} is not a GGUF file: --force replaces only an earlier export")
+    check_writable(out.parent, "--out")
 
 # %% ../nbs/14_export.ipynb #9601da58
 def load_for_export(ckpt: str | os.PathLike) -> tuple[Llama, Tokenizer, str]:
@@ -127,7 +116,6 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, *, format: str = "hf
     _check_export_options(format, dtype, quant)
     out = Path(out).expanduser()
     _check_output(out, format, force, source=Path(ckpt).expanduser())
-    check_writable(out.parent, "--out")
     model, tok, name = load_for_export(ckpt)
     if format == "hf":
         save_hf(model, out, tokenizer=tok, dtype=EXPORT_DTYPES[dtype] if dtype else None, overwrite=force)
@@ -291,9 +279,7 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
     _check_output(path, "gguf", overwrite)
     cfg = model.cfg
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch="llama")
         writer.add_name(name or cfg.name)
         writer.add_context_length(cfg.max_seq_len)
@@ -319,11 +305,6 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer: Tokenizer, *, dt
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, ordinary_mode())  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 # %% ../nbs/14_export.ipynb #b29ccde7

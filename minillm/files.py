@@ -5,9 +5,11 @@
 # %% ../nbs/92_files.ipynb #f1a0c001
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -16,7 +18,8 @@ import uuid
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ordinary_mode', 'fsync_dir', 'write_atomic', 'temp_dir', 'publish_dir', 'check_writable', 'FolderLock']
+__all__ = ['ordinary_mode', 'fsync_dir', 'atomic_path', 'write_atomic', 'temp_dir', 'publish_dir', 'check_writable',
+           'check_output_dir', 'FolderLock']
 
 # %% ../nbs/92_files.ipynb #f1a0c002
 def ordinary_mode(directory: bool = False) -> int:
@@ -41,22 +44,31 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 # %% ../nbs/92_files.ipynb #f1a0c003
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all: a temporary file beside it, flushed to disk, given ordinary
-    permissions, then renamed over `path` (a rename within one folder is atomic)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A temporary name beside `path` for a writer that opens its file itself (safetensors' `save_file`, GGUF's
+    writer): when the `with` block ends without an error, what was written there is flushed to disk, given ordinary
+    permissions and renamed over `path` (a rename within one folder is atomic); after an error it is removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, ordinary_mode())
+        os.chmod(tmp, ordinary_mode())  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    "Write `data` to `path` whole or not at all (`atomic_path`)."
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 # %% ../nbs/92_files.ipynb #f1a0c004
 def temp_dir(parent: str | os.PathLike, name: str) -> Path:
@@ -108,6 +120,30 @@ def check_writable(folder: str | os.PathLike, what: str = "--out") -> Path:
     except OSError as e:
         raise ValueError(f"{what} {folder}: cannot write there ({e.strerror or e}); choose a folder you can write to") from None
     return folder
+
+# %% ../nbs/92_files.ipynb #f1a0c007
+def check_output_dir(out: str | os.PathLike, force: bool, own: str | re.Pattern, marker: str, kind: str,
+                     sources=(), role: str = "an input", what: str = "--out") -> Path:
+    """Refuse in one line, before any work, an output folder `out` a command may not write: one that is (or holds)
+    any of its `sources`; a file; a folder with anything in it, unless `force`. And `force` replaces only what the
+    command itself wrote there before, which it recognizes by its files: every name matches `own` (a regular
+    expression) and `marker`, a file only that command writes, is there. Anything else stays, and is named.
+    `kind` names what the command writes ("an export"), `role` what a source is ("the run being exported")."""
+    out = Path(out).expanduser()
+    for source in sources:
+        if Path(source).expanduser().resolve().is_relative_to(out.resolve()):
+            raise ValueError(f"{what} {out} is {role} ({source}) or holds it: write elsewhere")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{what} {out} exists and is not a directory; {kind} is a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{what} {out} already exists; pass --force to replace it, or choose another folder")
+        others = sorted(p.name for p in out.iterdir() if not p.is_file() or not re.fullmatch(own, p.name))
+        if others or not (out / marker).is_file():
+            raise ValueError(f"{what} {out} holds files that are not {kind} (e.g. {(others or [f'no {marker}'])[0]}): "
+                             f"--force replaces only {kind} written earlier; choose another folder")
+    check_writable(out.parent, what)  # the new folder is built beside it
+    return out
 
 # %% ../nbs/92_files.ipynb #f1a0c006
 class FolderLock:

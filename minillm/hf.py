@@ -22,8 +22,8 @@ from .tokenizer import Tokenizer
 from .tokenizer_files import hf_tokenizer_files
 
 # %% auto #0
-__all__ = ['config_from_hf', 'config_to_hf', 'to_hf_name', 'from_hf_name', 'state_dict_to_hf', 'state_dict_from_hf', 'load_hf',
-           'save_hf']
+__all__ = ['HF_FILES', 'config_from_hf', 'config_to_hf', 'to_hf_name', 'from_hf_name', 'state_dict_to_hf', 'state_dict_from_hf',
+           'load_hf', 'save_hf']
 
 # %% ../nbs/08_hf.ipynb #f6124d34
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -263,6 +263,10 @@ def _bos_eos_ids(tokenizer: Tokenizer | None, cfg: LlamaConfig, bos_token_id: in
     return tokenizer.bos_id, tokenizer.eos_id
 
 # %% ../nbs/08_hf.ipynb #a6cb3643
+# every file `save_hf` may write: how a command that writes Hugging Face directories knows an earlier one of its own
+HF_FILES = (r"config\.json|generation_config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+            r"tokenizer(_config)?\.json|tokenizer\.model|tokenizer\.bpe\.json|special_tokens_map\.json|added_tokens\.json")
+
 def save_hf(model: Llama, path: str | os.PathLike, *, tokenizer: Tokenizer | None = None,
             max_shard_size: int | str | None = None, dtype: torch.dtype | None = None, overwrite: bool = False,
             bos_token_id: int | None = None, eos_token_id: int | None = None):

@@ -16,13 +16,13 @@ from torch import nn
 
 from .config import LlamaConfig
 from .distributed import _shard_like, reshard
-from .hf import load_hf, save_hf
+from .hf import HF_FILES, load_hf, save_hf
 from .model import Llama
 
 # %% auto #0
-__all__ = ['MERGE_METHODS', 'ARCH_FIELDS', 'check_mergeable', 'linear_merge', 'slerp', 'slerp_merge', 'task_arithmetic', 'EMA',
-           'ema_swapped', 'ema_writer', 'load_ema', 'load_for_merge', 'last_checkpoints', 'check_merge_args',
-           'merge_models', 'save_merged']
+__all__ = ['MERGE_METHODS', 'ARCH_FIELDS', 'MERGE_FILES', 'check_mergeable', 'linear_merge', 'slerp', 'slerp_merge',
+           'task_arithmetic', 'EMA', 'ema_swapped', 'ema_writer', 'load_ema', 'load_for_merge', 'last_checkpoints',
+           'check_merge_args', 'merge_models', 'check_merge_out', 'save_merged']
 
 # %% ../nbs/20_merge.ipynb #e2000014
 def check_mergeable(state_dicts: list[dict], names: list[str] | None = None) -> None:
@@ -313,21 +313,30 @@ def merge_models(paths: list, method: str = "linear", weights: list[float] | Non
     return model.eval(), tok, record
 
 # %% ../nbs/20_merge.ipynb #e2000054
+# what `save_merged` writes: a Hugging Face directory and merge.json, the file that marks it as a merge
+MERGE_FILES = r"merge\.json|" + HF_FILES
+
+
+def check_merge_out(out: str | Path, overwrite: bool = False, sources=()) -> Path:
+    """`out`, once it is sure that a merged model may be written there: a new or empty folder, or with `overwrite` an
+    earlier merge, never one of the models merged (`sources`; `minillm.files.check_output_dir`)."""
+    from .files import check_output_dir
+
+    return check_output_dir(out, overwrite, MERGE_FILES, "merge.json", "a merged model", sources,
+                            role="a model being merged")
+
+
 def save_merged(model: nn.Module, out: str | Path, tokenizer=None, record: dict | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, sources=()) -> Path:
     """Write a merged model as a Hugging Face directory (`minillm.hf.save_hf`: config, safetensors, tokenizer) with
     `merge.json` (the `record` of `merge_models`), built in a hidden folder beside `out` and renamed into place. An
-    existing non-empty `out` is replaced only with `overwrite` (FileExistsError otherwise)."""
+    existing non-empty `out` is replaced only with `overwrite`, and only when it is an earlier merge, never one of the
+    models merged (`sources`; `check_merge_out`)."""
     import shutil
 
     from .files import publish_dir, temp_dir
 
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file: give a folder for the merged model")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists: pass --force (overwrite=True) to replace it, or choose another "
-                              f"folder")
+    out = check_merge_out(out, overwrite, sources)
     work = temp_dir(out.parent, out.name)
     try:
         save_hf(model, work / "model", tokenizer=tokenizer)

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LlamaConfig
+from .files import check_output_dir, publish_dir, temp_dir
 from .model import Llama
 
 # %% auto #0
-__all__ = ['SCHEMES', 'QUANT_FORMAT', 'LINEAR_NAMES', 'qrange', 'group_params', 'round_to_grid', 'QuantizedWeight', 'quantize_weight', 'pack_int4', 'unpack_int4', 'QuantLinear', 'QuantEmbedding', 'gptq_quantize', 'quant_plan', 'gptq_weights', 'calibration_windows', 'quantize_model', 'quantized_tensors', 'packed_bytes', 'save_quantized', 'is_quantized', 'load_quantized', 'Linear4bit']
+__all__ = ['SCHEMES', 'QUANT_FORMAT', 'LINEAR_NAMES', 'QUANT_FILES', 'qrange', 'group_params', 'round_to_grid', 'QuantizedWeight', 'quantize_weight', 'pack_int4', 'unpack_int4', 'QuantLinear', 'QuantEmbedding', 'gptq_quantize', 'quant_plan', 'gptq_weights', 'calibration_windows', 'quantize_model', 'quantized_tensors', 'packed_bytes', 'check_quantize_out', 'save_quantized', 'is_quantized', 'load_quantized', 'Linear4bit']
 
 # %% ../nbs/17_quantize.ipynb #c5a3202e
 SCHEMES = ("symmetric", "asymmetric", "q4_0")
@@ -359,20 +359,28 @@ def _layout(model: Llama) -> dict[str, dict]:
             for name, m in model.named_modules() if isinstance(m, _Packed)}
 
 
+# what `save_quantized` writes, and so what an overwrite may replace (anything else in the folder stops it)
+QUANT_FILES = r"model\.safetensors|config\.json|quantization\.json|tokenizer\.model|tokenizer\.bpe\.json"
+
+
+def check_quantize_out(path: str | os.PathLike, overwrite: bool = False, sources=()) -> Path:
+    """`path`, once it is sure that a quantized checkpoint may be written there: a new or empty folder, or with
+    `overwrite` an earlier quantized checkpoint, never one of `sources` (`minillm.files.check_output_dir`)."""
+    return check_output_dir(path, overwrite, QUANT_FILES, "quantization.json", "a quantized checkpoint", sources,
+                            role="the checkpoint being quantized")
+
+
 def save_quantized(model: Llama, path: str | os.PathLike, tokenizer=None, info: dict | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, sources=()) -> Path:
     """Write a quantized checkpoint folder: `model.safetensors` (packed, `quantized_tensors`), `config.json`,
     `quantization.json` (format, each matrix's bits/group size/zero point, and `info`: method, scheme, source...),
-    and the tokenizer. Written to a temporary folder, then renamed; an existing `path` only with `overwrite`."""
+    and the tokenizer. Built in a hidden folder beside `path`, then renamed into place (`minillm.files.publish_dir`).
+    An existing `path` is replaced only with `overwrite`, and only when it is an earlier quantized checkpoint, never
+    one of `sources` (`check_quantize_out`)."""
     from safetensors.torch import save_file
 
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory; a quantized checkpoint is a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = check_quantize_out(path, overwrite, sources)
+    tmp = temp_dir(path.parent, path.name)
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in quantized_tensors(model).items()}
         save_file(tensors, tmp / "model.safetensors", metadata={"format": QUANT_FORMAT})
@@ -381,14 +389,7 @@ def save_quantized(model: Llama, path: str | os.PathLike, tokenizer=None, info: 
         (tmp / "quantization.json").write_text(json.dumps(meta, indent=1))
         if tokenizer is not None:
             tokenizer.save(tmp)
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        publish_dir(tmp, path)  # files flushed and given ordinary permissions, an old folder moved aside, then removed
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -275,7 +275,7 @@ def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
     if draft_tokenizer.fingerprint != target_tokenizer.fingerprint:
         raise ValueError(f"the draft's tokenizer (fingerprint {draft_tokenizer.fingerprint[:12]}…, "
                          f"{draft_tokenizer.vocab_size} ids) is not the target's ({target_tokenizer.fingerprint[:12]}…, "
-                         f"{target_tokenizer.vocab_size} ids): train the draft with --tokenizer set to the target's")
+                         f"{target_tokenizer.vocab_size} ids): train the draft with --tokenizer set to the target's run folder")
 
 # %% ../nbs/16_speculative.ipynb #192a6d9d
 def speculative_complete(target: nn.Module, draft: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 200,

@@ -9,7 +9,7 @@ import math
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .checkpoint import (Checkpoint, _set_rng_state, claim_run_folder, load_checkpoint, save_checkpoint, start_from,
-                         weights_tokenizer)
-from .config import TRAIN_PRESETS, LlamaConfig, TrainConfig
+                         tokenizer_at, weights_tokenizer)
+from .config import PRESETS, TRAIN_PRESETS, VOCAB_PINNED, LlamaConfig, TrainConfig, vocab_for
 from .data import EvalSet, Loader, Mixture, TokenDataset, fit_micro_batch
 from .distill import make_distiller
 from .distributed import (InitRecorder, Preemption, agree, barrier, clip_grad_norm, current_env, dist_info, global_mean,
@@ -34,7 +34,7 @@ from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 # %% auto #0
 __all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
            'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
-           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'train_run']
+           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'run_config', 'train_run']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -364,6 +364,9 @@ def _announce(run: Run, ckpt: Checkpoint | None, peak_source: str) -> None:
     if run.state.schedule.warmup < tcfg.warmup:
         say(f"warmup {tcfg.warmup} is longer than the run's {tcfg.max_steps} steps: clipped to "
             f"{run.state.schedule.warmup}")
+    own = PRESETS.get(run.cfg.name, {}).get("vocab_size", run.cfg.vocab_size)
+    if own != run.cfg.vocab_size and getattr(run.tokenizer, "vocab_size", None) == run.cfg.vocab_size:
+        say(f"vocabulary: {run.cfg.vocab_size} ids, the tokenizer's (the {run.cfg.name} preset trains one of {own})")
     kernels = describe_kernels(unwrap(run.model))
     if run.distiller is not None:  # the loss seam is not called: say what computes the loss instead
         kernels = re.sub(r"loss=\S+", "loss=torch(distill)", kernels)
@@ -586,18 +589,26 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     return finish(run, started)
 
 # %% ../nbs/09_train.ipynb #b522035f
-def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, progress: bool, verbose: bool) -> tuple:
-    """The run's tokenizer (resumed, given, kept with prepared data, cached or trained) and its training and
-    evaluation data (`prepare_data`: prepared folders as they are, small sources tokenized into `out_dir/data/`)."""
-    from minillm.tokenizer import Tokenizer
-
-    cache = Path(tcfg.out_dir) / "data"
-    tokenizer = None
+def run_config(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool = False) -> tuple:
+    """(the model's shape for a run, the tokenizer it is given or None). A preset's vocab_size is the size of the
+    tokenizer a run trains when it has none; given one (`tcfg.tokenizer`: `tokenizer_at`; or kept with prepared data)
+    the vocabulary is its size, unless the preset pins it (`vocab_for`). On `resume`, the checkpoint's vocabulary and
+    tokenizer; with `init`, the weights' shape stays."""
     if resume:
-        tokenizer = Checkpoint(tcfg.out_dir).tokenizer()
-    elif tcfg.tokenizer is not None:
-        tokenizer = Tokenizer.load(tcfg.tokenizer)
-    elif tcfg.init is not None or tcfg.teacher is not None:  # the tokenizer of the weights started from or learned from
+        ckpt = Checkpoint(tcfg.out_dir)
+        return (cfg if cfg.name in VOCAB_PINNED else replace(cfg, vocab_size=ckpt.config.vocab_size)), ckpt.tokenizer()
+    tokenizer = (tokenizer_at(tcfg.tokenizer) if tcfg.tokenizer is not None
+                 else prepared_tokenizer(tcfg.data) if tcfg.init is None and tcfg.teacher is None else None)
+    if tokenizer is None or tcfg.init is not None:
+        return cfg, tokenizer
+    return vocab_for(cfg, tokenizer.vocab_size), tokenizer
+
+def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, given, progress: bool, verbose: bool) -> tuple:
+    """The run's tokenizer (`given` by `run_config`, the weights', cached or trained) and its training and evaluation
+    data (`prepare_data`: prepared folders as they are, small sources tokenized into `out_dir/data/`)."""
+    cache = Path(tcfg.out_dir) / "data"
+    tokenizer = given
+    if tokenizer is None and not resume and (tcfg.init or tcfg.teacher):  # of the weights started from or learned from
         tokenizer = weights_tokenizer(tcfg.init or tcfg.teacher)
     if tokenizer is None:
         tokenizer = prepared_tokenizer(tcfg.data) or tokenizer_for(tcfg.data, cfg.vocab_size, cache,
@@ -615,10 +626,11 @@ def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, progress: bool,
 def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, progress: bool = True,
               verbose: bool = True, start_time: float | None = None, stop_at: int | None = None,
               overwrite: bool = False) -> TrainResult:
-    """The whole job behind `minillm train`: the run folder claimed (`claim_run_folder`), the tokenizer and the data
-    (`_run_data`), then `train`. Small sources are tokenized into `out_dir/data/` on rank 0 while the other ranks wait;
-    a whole Hugging Face dataset is refused on every rank before anyone waits (`minillm prepare` prepares it first).
-    Every rank then checks that all see the same data (`agree_on_data`). `stop_at` is passed on to `train`."""
+    """The whole job behind `minillm train`: the model's shape (`run_config`), the run folder claimed
+    (`claim_run_folder`), the tokenizer and the data (`_run_data`), then `train`. Small sources are tokenized into
+    `out_dir/data/` on rank 0 while the other ranks wait; a whole Hugging Face dataset is refused on every rank before
+    anyone waits (`minillm prepare` prepares it first). Every rank then checks that all see the same data
+    (`agree_on_data`). `stop_at` is passed on to `train`."""
     start_time = time.time() if start_time is None else start_time
     check_trainable(tcfg.data + tcfg.val_data)
     env = current_env(resolve_device(tcfg.device))
@@ -626,8 +638,9 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
         barrier(env, timeout_s=24 * 3600)
     lock, seen = None, None
     try:
+        cfg, given = run_config(cfg, tcfg, resume)
         lock = claim_run_folder(tcfg.out_dir, resume, overwrite) if env.rank == 0 else None
-        tokenizer, data, val = _run_data(cfg, tcfg, resume, progress and env.is_main, verbose)
+        tokenizer, data, val = _run_data(cfg, tcfg, resume, given, progress and env.is_main, verbose)
         seen = data_fingerprint(data, val)
     except (ValueError, FileNotFoundError) as e:  # told to every rank below, so none waits for this one
         seen = e

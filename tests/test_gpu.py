@@ -49,7 +49,7 @@ def losses(run: Path) -> list[float]:
 @pytest.mark.parametrize("parallel", ["none", "ddp", "fsdp"])
 def test_every_mode_on_nccl_with_kernels_bf16_and_a_time_limit(tmp_path, text, parallel):
     """Evaluation at step 0 and every 4 steps (collectives of CPU and CUDA tensors), the Triton kernels installed in
-    every mode, bf16, a positive time limit that does not cut the run short, the closing sample."""
+    every mode, bf16, a positive time limit that does not cut the run short, the closing sample; then `--resume`."""
     res = train(tmp_path, text, "--parallel", parallel, "--dtype", "bfloat16", "--kernels", "triton", "--max-steps",
                 "12", "--eval-every", "4", "--time-limit", "600", "--out", "run", "--prompt", "def")
     assert "kernels: norm=triton rope=triton swiglu=triton loss=triton attention=sdpa" in res.stderr
@@ -59,6 +59,12 @@ def test_every_mode_on_nccl_with_kernels_bf16_and_a_time_limit(tmp_path, text, p
     assert [r["step"] for r in rows if r["val_bpb"]] == ["0", "4", "8", "12"]
     ls = losses(tmp_path / "run")
     assert all(np.isfinite(ls)) and ls[-1] < ls[0]
+    # then the same command with --resume and a longer run: it continues from step 12 in the same mode
+    res = train(tmp_path, text, "--parallel", parallel, "--dtype", "bfloat16", "--kernels", "triton", "--max-steps",
+                "16", "--eval-every", "4", "--time-limit", "600", "--out", "run", "--prompt", "def", "--resume")
+    assert "at step 12" in res.stderr and "done: 16 steps (max steps)" in res.stderr and res.stdout.startswith("def")
+    steps = [int(r["step"]) for r in MetricsLog.read(tmp_path / "run" / "metrics.csv") if r["loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 16 and all(np.isfinite(losses(tmp_path / "run")))
 
 
 def test_fsdp_resume_is_exact_on_the_gpu(tmp_path, text):

@@ -276,7 +276,9 @@ def test_bad_merges_are_one_line(models, run, tmp_path):
              ([a, b, models / "c", *out, "--method", "slerp"], "two models, got 3"),
              ([a, b, *out, "--base", a], "--method linear does not use it"),
              ([a, *out], "two or more models"),
-             ([a, b, "--out", tmp_path / "taken"], "already exists: pass --force"),
+             ([a, b, "--out", tmp_path / "taken"], "already exists; pass --force"),
+             ([a, b, "--out", tmp_path / "taken", "--force"], "holds files that are not a merged model (e.g. x)"),
+             ([a, b, "--out", a, "--force"], "is a model being merged"),
              ([a, tmp_path / "nowhere", *out], "nowhere"),
              ([a, b, *out, "--last", "2"], "give one run folder"),
              ([run, *out, "--last", "4"], "give --last 3 or fewer")]
@@ -285,8 +287,9 @@ def test_bad_merges_are_one_line(models, run, tmp_path):
         assert code == 2 and err.startswith("minillm merge: error: ") and message in err, (argv, err)
         assert err.count("\n") == 1, err
     assert not (tmp_path / "x").exists() and (tmp_path / "taken" / "x").read_text() == "something"
-    assert run_cli("merge", a, b, "--out", tmp_path / "taken", "--force")[0] == 0
-    assert (tmp_path / "taken" / "merge.json").is_file() and not (tmp_path / "taken" / "x").exists()
+    assert run_cli("merge", a, b, "--out", tmp_path / "m")[0] == 0
+    assert run_cli("merge", a, b, "--out", tmp_path / "m", "--method", "slerp", "--force")[0] == 0  # an earlier merge
+    assert json.loads((tmp_path / "m" / "merge.json").read_text())["method"] == "slerp"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 

@@ -257,8 +257,8 @@ def test_train_refuses_a_dataset_it_cannot_bound(tmp_path, capsys):
 
 
 def test_train_reads_a_prepared_folder_without_its_text(work, tmp_path):
-    """`minillm train --data OUT`: the tokens and the tokenizer kept with them; the text is gone and nothing is
-    tokenized again (the run folder's data cache stays empty)."""
+    """`minillm train --data OUT`: the tokens and the tokenizer kept with them, whose size the model's vocabulary
+    takes; the text is gone and nothing is tokenized again (the run folder's data cache stays empty)."""
     import shutil
 
     from minillm.config import LlamaConfig
@@ -276,9 +276,12 @@ def test_train_reads_a_prepared_folder_without_its_text(work, tmp_path):
     assert res.step == 2 and res.val_bpb is not None
     cache = tmp_path / "run" / "data"
     assert not cache.exists() or not any(cache.iterdir())  # no tokenizer trained, no text tokenized
+    from minillm.tokenizer import Tokenizer
     from minillm.train import Checkpoint
 
-    assert Checkpoint(res.checkpoint).state["loader"]["data"] == [[f"{info['datasets'][0]['fingerprint']}:train", 1.0]]
+    ckpt = Checkpoint(res.checkpoint)
+    assert ckpt.state["loader"]["data"] == [[f"{info['datasets'][0]['fingerprint']}:train", 1.0]]
+    assert ckpt.config.vocab_size == Tokenizer.load(work / "tok.bpe.json").vocab_size == 300  # not debug's 512
 
 
 def _agreement_worker(folders: list) -> list:

@@ -1,9 +1,9 @@
 """Safe with what users download and with what they already have.
 
 Nothing in a checkpoint runs code on load (a battery of pickle gadgets through every loading path); a run folder
-belongs to one run (refused when fresh, locked while training, replaced only on request); `export --force` replaces
-only an earlier export; a run that did not finish says so in its exit status; bad input is one line; files get
-ordinary permissions.
+belongs to one run (refused when fresh, locked while training, even by a process that was killed, replaced only on
+request); `export`, `quantize`, `merge` and `prune --force` replace only that command's earlier output; a run that did
+not finish says so in its exit status; bad input is one line; files get ordinary permissions.
 """
 import json
 import os
@@ -73,6 +73,14 @@ def corpus(tmp_path_factory):
     return text, tok, prepare_data(str(text), tok, d / "cache", progress=False)
 
 
+@pytest.fixture(scope="module")
+def small(corpus):
+    "20 kB of the corpus: enough text to evaluate, calibrate or train a few steps on."
+    path = corpus[0].parent / "small.txt"
+    path.write_text(corpus[0].read_text()[:20_000])
+    return path
+
+
 def tcfg(out, **kw):
     base = dict(out_dir=str(out), data=("unused",), lr=3e-3, min_lr=3e-4, warmup=2, max_steps=4, global_batch=4,
                 micro_batch=4, seq_len=32, eval_every=0, eval_batches=1, save_every=0, log_every=1, sample_tokens=0)
@@ -94,6 +102,7 @@ def run(corpus, tmp_path_factory):
 def sharded_with(run, tmp_path, metadata: bytes) -> Path:
     "A copy of `run` whose latest checkpoint claims to be sharded and carries `metadata` as its DCP .metadata."
     copy = tmp_path / "crafted"
+    copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(run, copy)
     ck = Checkpoint(copy).path
     state = json.loads((ck / "state.json").read_text())
@@ -149,6 +158,39 @@ def test_crafted_metadata_runs_nothing_on_any_loading_path(corpus, run, tmp_path
         assert not (tmp_path / "PWNED").exists(), (gadget, path)
         assert ("tabnanny" in sys.modules) == was_imported, (gadget, path)
     assert not (tmp_path / "exported").exists()
+
+
+def _reads(small):
+    "Each command that reads a checkpoint, as argument lists with CKPT for the crafted one and OUT for what it writes."
+    calibrate = ["--calibration-data", small, "--calibration-samples", 2]
+    train = ["train", "--preset", "debug", "--data", small, "--out", "OUT", "--max-steps", 2, "--no-progress"]
+    return {"quantize": ["quantize", "--ckpt", "CKPT", "--out", "OUT", "--bits", 8],
+            "merge": ["merge", "CKPT", "RUN", "--out", "OUT"],
+            "prune": ["prune", "--ckpt", "CKPT", "--out", "OUT", "--ffn-dim", 64, *calibrate],
+            "eval": ["eval", "--ckpt", "CKPT", "--data", small, "--json", "OUT"],
+            "train --init": [*train, "--init", "CKPT"],
+            "train --teacher": [*train, "--teacher", "CKPT"]}
+
+
+@pytest.mark.parametrize("reader", ["quantize", "merge", "prune", "eval", "train --init", "train --teacher"])
+def test_crafted_metadata_runs_nothing_through_the_other_readers(run, small, reader, tmp_path, capsys, monkeypatch):
+    """Every other command that reads a checkpoint (they share `minillm.checkpoint`'s reader) refuses a crafted
+    `.metadata` in one line, before anything runs: no file made by the gadget, no module imported, no output (a run's
+    folder holds only its token cache)."""
+    monkeypatch.chdir(tmp_path)
+    was_imported = "tabnanny" in sys.modules
+    for gadget in ("dotted name", "os.system", "a module outside the list"):
+        crafted = sharded_with(run, tmp_path / gadget, GADGETS[gadget])
+        args = [{"CKPT": crafted, "RUN": run, "OUT": tmp_path / "out"}.get(a, a) for a in _reads(small)[reader]]
+        line = one_line_error(command(capsys, *args))
+        assert "refusing to load it" in line, (gadget, line)
+        assert not (tmp_path / "PWNED").exists(), gadget
+        assert ("tabnanny" in sys.modules) == was_imported, gadget
+        out = tmp_path / "out"
+        if reader.startswith("train"):  # a run tokenizes its data into its folder before it reads weights
+            assert sorted(p.name for p in out.iterdir()) == [".minillm.lock", "data"], gadget
+        else:
+            assert not out.exists(), gadget
 
 
 def test_the_reported_exploit_through_the_commands(corpus, run, tmp_path, capsys, monkeypatch):
@@ -220,6 +262,45 @@ def test_export_force_replaces_only_an_earlier_export(run, tmp_path, capsys, mon
     assert (tmp_path / "notgguf.gguf").read_text() == "my notes"
 
 
+FORCED = {  # each command that writes a folder: its arguments (OUT for the folder), what it calls its output
+    "quantize": (["quantize", "--ckpt", "RUN", "--out", "OUT", "--bits", 8], "the checkpoint being quantized",
+                 "a quantized checkpoint"),
+    "merge": (["merge", "RUN", "RUN", "--out", "OUT"], "a model being merged", "a merged model"),
+    "prune": (["prune", "--ckpt", "RUN", "--out", "OUT", "--ffn-dim", 64, "--calibration-data", "SMALL",
+               "--calibration-samples", 2], "the checkpoint being pruned", "a pruned model"),
+}
+
+
+@pytest.mark.parametrize("name", list(FORCED))
+def test_force_replaces_only_the_commands_own_earlier_output(name, run, small, tmp_path, capsys, monkeypatch):
+    """quantize, merge and prune --force follow export's rule: never the input (or a folder holding it), never a
+    folder of other files (which stay as they were), and an earlier output of the same command is replaced."""
+    monkeypatch.chdir(tmp_path)
+    args, role, kind = FORCED[name]
+    cmd = lambda out, *more: command(capsys, *[{"RUN": run, "OUT": out, "SMALL": small}.get(a, a) for a in args], *more)
+    step = Checkpoint(run).path
+    for out in (run, run.parent):  # the run itself, or a folder holding it
+        assert f"is {role}" in one_line_error(cmd(out, "--force")), out
+    assert f"holds files that are not {kind} (e.g. optimizer.pt)" in one_line_error(cmd(step, "--force"))
+    assert Checkpoint(run).path == step and (step / "state.json").is_file()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    assert f"holds files that are not {kind} (e.g. thesis.tex)" in one_line_error(cmd(other, "--force"))
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"] and (other / "thesis.tex").read_text() == "years of work"
+    assert command(capsys, "export", "--ckpt", run, "--out", "exported").returncode == 0
+    exported = {p.name: p.read_bytes() for p in (tmp_path / "exported").iterdir()}
+    assert f"holds files that are not {kind}" in one_line_error(cmd("exported", "--force"))  # another command's
+    assert {p.name: p.read_bytes() for p in (tmp_path / "exported").iterdir()} == exported
+    assert cmd("first").returncode == 0
+    assert "already exists; pass --force" in one_line_error(cmd("first"))
+    before = {p.name: p.stat().st_ino for p in (tmp_path / "first").iterdir()}
+    assert cmd("first", "--force").returncode == 0
+    after = {p.name: p.stat().st_ino for p in (tmp_path / "first").iterdir()}
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)  # every file written anew
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "first", "notes"]  # no temporary folder left
+
+
 # ------------------------------------------------------------------------------------ how a run ends
 
 
@@ -253,6 +334,28 @@ def test_a_second_writer_is_refused_and_sigterm_says_the_run_did_not_finish(corp
     FolderLock(tmp_path / "run").acquire().release()  # the lock went with the process
 
 
+def test_a_folder_locked_by_a_killed_process_is_free_again(tmp_path):
+    "The run folder's lock goes with its holder even when that is killed outright (SIGKILL: no cleanup runs)."
+    from minillm.files import FolderLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom minillm.files import FolderLock\n"
+                               "FolderLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(300)",
+                               str(tmp_path / "run")], env=env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"is in use by minillm train \(pid {holder.pid} "):
+            FolderLock(tmp_path / "run").acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    assert holder.returncode == -signal.SIGKILL
+    assert (tmp_path / "run" / FolderLock.NAME).is_file()  # the lock file stays; the lock does not
+    with FolderLock(tmp_path / "run"):
+        pass
+
+
 def test_ctrl_c_says_whether_a_checkpoint_exists(run, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -273,7 +376,6 @@ def test_bad_command_lines_are_one_line(tmp_path, run, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
     cases = [
         (["train", "--preset", "debug", "--out", "afile"], "is a file"),
-        (["train", "--preset", "debug", "--out", "r1", "--device", "cuda"], "sees no CUDA GPU"),
         (["train", "--preset", "debug", "--out", "r2", "--threads", "-1"], "--threads -1"),
         (["train", "--preset", "debug", "--out", "r3", "--time-limit", "-5"], "--time-limit -5"),
         (["generate", "--ckpt", str(run), "--prompt", "x", "--temperature", "inf"], "temperature=inf"),
@@ -281,7 +383,20 @@ def test_bad_command_lines_are_one_line(tmp_path, run, capsys, monkeypatch):
     ]
     for args, expected in cases:
         assert expected in one_line_error(command(capsys, *args)), args
-    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3"))
+    assert not any((tmp_path / d).exists() for d in ("r2", "r3"))
+
+
+def test_device_cuda_where_pytorch_sees_no_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    """`--device cuda` where this PyTorch sees no CUDA GPU is refused in one line. Where it sees one, the option must
+    give the GPU, and the refusal is checked with the GPU hidden from PyTorch."""
+    from minillm.distributed import resolve_device
+
+    monkeypatch.chdir(tmp_path)
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_line_error(command(capsys, "train", "--preset", "debug", "--out", "r1", "--device", "cuda"))
+    assert "sees no CUDA GPU" in line and not (tmp_path / "r1").exists()
 
 
 def test_an_hf_dataset_while_offline_is_one_line(tmp_path):
@@ -377,7 +492,9 @@ def test_a_long_single_line_text_is_enough(tmp_path):
 # ------------------------------------------------------------------------------------ permissions
 
 
-def test_files_written_for_users_have_ordinary_permissions(corpus, tmp_path, capsys, monkeypatch):
+def test_files_written_for_users_have_ordinary_permissions(corpus, small, tmp_path, capsys, monkeypatch):
+    """Under umask 022 every file a command writes is 0644 and every folder 0755 (temporary files and folders are
+    private, and some writers, safetensors among them, make their files private too)."""
     text, _, _ = corpus
     monkeypatch.chdir(tmp_path)
     old = os.umask(0o022)
@@ -385,13 +502,20 @@ def test_files_written_for_users_have_ordinary_permissions(corpus, tmp_path, cap
         for args in (["train", "--preset", "debug", "--data", text, "--out", "run", "--max-steps", 2,
                       "--eval-every", 0, "--no-progress"],
                      ["export", "--ckpt", "run", "--out", "hf"],
-                     ["export", "--ckpt", "run", "--out", "model.gguf", "--format", "gguf"]):
+                     ["export", "--ckpt", "run", "--out", "model.gguf", "--format", "gguf"],
+                     ["quantize", "--ckpt", "run", "--out", "q8", "--bits", 8],
+                     ["eval", "--ckpt", "run", "--data", small, "--json", "eval.json"],
+                     ["merge", "run", "hf", "--out", "merged"],
+                     ["prune", "--ckpt", "run", "--out", "pruned", "--ffn-dim", 64, "--calibration-data", small,
+                      "--calibration-samples", 2]):
             res = command(capsys, *args)
             assert res.returncode == 0, res.stderr[-3000:]
     finally:
         os.umask(old)
     paths = [p for p in tmp_path.rglob("*") if not p.name.startswith("__")]
-    assert len(paths) > 20
+    for made in ("q8/model.safetensors", "eval.json", "merged/merge.json", "pruned/prune.json", "model.gguf"):
+        assert tmp_path / made in paths, made
+    assert len(paths) > 40
     bad = [(str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in paths
            if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)]
     assert not bad, bad

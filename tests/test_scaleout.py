@@ -334,23 +334,29 @@ def test_a_lone_text_file_gives_whole_sections_and_a_long_line_is_enough(tmp_pat
     assert {split(p) for p in pieces} == {"train", "val"}
 
 
-def test_held_out_validation_text(corpus, tmp_path):
-    """`val_data`: the run evaluates on the given text (every document held out), and its val loss is the mean
-    cross-entropy of the checkpoint on that text's windows, computed here independently."""
-    text, tok, data = corpus
+def test_held_out_validation_text(corpus, tmp_path, monkeypatch, capsys):
+    """`minillm train --val-data FILE`: the run evaluates on the given text (every document held out), and its val loss
+    is the mean cross-entropy of the checkpoint on that text's windows, computed here independently."""
+    from minillm.cli import main
+
+    text, _, _ = corpus
     held = tmp_path / "held.txt"
-    held.write_text("def held_out(x):\n    return [x * k for k in range(10)]\n" * 40)
+    held.write_text("def held_out(x):\n    return [x * k for k in range(10)]\n" * 12)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "debug", "--data", str(text), "--val-data", str(held), "--out", "run",
+                 "--max-steps", "4", "--time-limit", "0", "--seq-len", "32", "--batch", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    model, tok, _ = load_model(tmp_path / "run")
     val = prepare_data(str(held), tok, tmp_path / "cache", progress=False, held_out=True)
-    res = train(CFG, tcfg(tmp_path / "run", max_steps=4, eval_batches=50), data, tok, progress=False, verbose=False,
-                val_data=val)
-    model, _, _ = load_model(tmp_path / "run")
     ids = torch.from_numpy(np.asarray(TokenDataset(val.datasets[0].path, "val").shards[0], dtype=np.int64))
     n = (len(ids) - 1) // 32
+    assert 1 < n <= 16  # every window fits in the evaluation (debug: 4 batches of 4)
     x = torch.stack([ids[i * 32: i * 32 + 32] for i in range(n)])
     y = torch.stack([ids[i * 32 + 1: i * 32 + 33] for i in range(n)])
     with torch.no_grad():
         ref = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
-    assert res.val_loss == pytest.approx(ref, rel=1e-5)
+    last = [r for r in MetricsLog.read(tmp_path / "run" / "metrics.csv") if r["val_loss"]][-1]
+    assert last["step"] == "4" and float(last["val_loss"]) == pytest.approx(ref, rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------ the loader

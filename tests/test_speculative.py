@@ -8,6 +8,7 @@ import io
 import itertools
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,40 @@ def test_generate_refuses_a_draft_with_another_tokenizer(checkpoints):
                              str(checkpoints / "foreign"))
     assert code == 2 and out == ""
     assert err.startswith("minillm generate: error: the draft's tokenizer") and err.count("\n") == 1
+
+
+def test_a_draft_for_a_trained_target_is_one_command(tmp_path, monkeypatch, capsys):
+    """`minillm train --preset debug --tokenizer TARGET_RUN`: a target trained with a 600-id tokenizer (not the debug
+    preset's 512) gives the draft its tokenizer and so its vocabulary; the draft resumes, and generate takes the pair."""
+    from minillm.checkpoint import Checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    texts = list(python_stdlib_texts(max_bytes=40_000))
+    Path("text.txt").write_text("\n\n".join(texts))
+    tok = Tokenizer.train(texts, vocab_size=600)
+    tok.save("tok.bpe.json")
+    steps = ["--time-limit", "0", "--eval-every", "0", "--sample-tokens", "0", "--seq-len", "32", "--batch", "4",
+             "--no-progress", "--device", "cpu"]
+    common = ["train", "--preset", "debug", "--data", "text.txt", "--max-steps", "2", *steps]
+    assert main([*common, "--tokenizer", "tok.bpe.json", "--out", "target"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--tokenizer", "target", "--out", "draft"]) == 0
+    err = capsys.readouterr().err
+    assert "vocabulary: 600 ids, the tokenizer's (the debug preset trains one of 512)" in err
+    assert f"({LlamaConfig.from_name('debug', vocab_size=600).n_params:,} parameters)" in err.splitlines()[0]
+    target, draft = Checkpoint("target"), Checkpoint("draft")
+    assert target.config.vocab_size == draft.config.vocab_size == 600
+    assert draft.tokenizer().fingerprint == target.tokenizer().fingerprint == tok.fingerprint
+    # the checkpoint records the vocabulary: resuming builds the same model (without --tokenizer)
+    assert main(["train", "--preset", "debug", "--data", "text.txt", "--max-steps", "3", *steps, "--out", "draft",
+                 "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().err and Checkpoint("draft").step == 3
+    base = ["generate", "--ckpt", "target", "--prompt", "def ", "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    assert main([*base, "--draft", "draft"]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain and "acceptance rate" in out.err
 
 
 def test_exercise_checks_pass_solutions_and_fail_wrong_answers():

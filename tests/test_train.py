@@ -262,3 +262,24 @@ def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no such checkpoint or run folder" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pinned_vocabulary_refuses_another_tokenizer_in_one_line(corpus, tmp_path, monkeypatch, capsys):
+    """tinyllama-1.1b's 32,000 ids are Llama 2's tokenizer: a tokenizer of another size is refused before anything is
+    written, naming both sizes and what would do; --tokenizer names a tokenizer, a run or checkpoint folder."""
+    from minillm.cli import main
+
+    _, tok, _ = corpus
+    monkeypatch.chdir(tmp_path)
+    tok.save("tok.bpe.json")
+    assert main(["train", "--preset", "tinyllama-1.1b", "--tokenizer", "tok.bpe.json", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (f"the tokenizer has {tok.vocab_size} ids but the tinyllama-1.1b preset pins vocab_size=32000" in err
+            and "give a tokenizer of 32000 ids, or a preset whose vocabulary follows the tokenizer (toy, debug)" in err)
+    assert not (tmp_path / "run").exists()
+    Path("empty").mkdir()
+    assert main(["train", "--preset", "debug", "--tokenizer", "empty", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no tokenizer in 'empty'" in err and "run or checkpoint folder" in err
+    assert not (tmp_path / "run").exists()
