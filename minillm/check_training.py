@@ -270,7 +270,8 @@ def attention_backward(fn):
         q, k, v, dout = (_randn(T, d, seed=i, scale=scale if i < 2 else 1.0) for i in range(4))
         future = torch.ones(T, T, dtype=torch.bool).triu(1)
         lse = torch.logsumexp((q @ k.T / math.sqrt(d)).masked_fill(future, float("-inf")), -1)
-        cases.append((f"q, k, v of {_desc(q)} (scores scaled by {scale ** 2:g})", (q, k, v, sdpa(q, k, v), lse, dout)))
+        cases.append((f"q, k, v of {_desc(q)} (scores scaled by {scale ** 2:g}); outputs (dq, dk, dv)",
+                      (q, k, v, sdpa(q, k, v), lse, dout)))
     return f"{_run('check.attention_backward', fn, ref, cases)} inputs"
 
 # %% ../nbs/91c_check_training.ipynb #da77a2f4
