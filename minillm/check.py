@@ -7,14 +7,15 @@ __all__ = ['assert_close', 'n_params', 'flops_per_token', 'bpe_merge', 'bpe_enco
            'document_splits', 'limit_documents', 'split_files', 'projected_hours', 'rmsnorm', 'layer_norm',
            'apply_rope', 'interleaved_to_half', 'causal_attention', 'causal_mask', 'swiglu', 'llama_ffn_dim', 'lm_loss',
            'block_forward', 'to_hf_name', 'safetensors_header', 'lr_at', 'adamw_step', 'smoothed_loss',
-           'resumed_metrics', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward',
+           'resumed_metrics', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm', 'rope_backward', 'triton_rope',
            'swiglu_backward', 'swiglu_function', 'online_logsumexp', 'cross_entropy_grad', 'tiled_attention',
-           'install_seams', 'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name',
-           'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution',
-           'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets',
-           'lora_merge', 'find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic',
-           'publish_dir', 'temperature_softmax', 'distill_kl', 'distill_loss', 'neuron_importance', 'layer_influence',
-           'slice_ffn', 'slerp_tensor', 'task_vector_merge', 'ema_average']
+           'attention_backward', 'install_seams', 'resolve_kernels', 'data_parallel_grads', 'sharded_init', 'mfu',
+           'accum_steps', 'q8_0', 'gguf_name', 'sliding_windows', 'bits_per_byte', 'choice_scores',
+           'expected_tokens_per_call', 'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4',
+           'gptq_quantize', 'chat_render', 'chat_targets', 'lora_merge', 'find_checkpoint', 'prune_checkpoints',
+           'harness_request', 'request_loglikelihood', 'parse_count', 'run_command', 'write_atomic', 'publish_dir',
+           'temperature_softmax', 'distill_kl', 'distill_loss', 'neuron_importance', 'layer_influence', 'slice_ffn',
+           'slerp_tensor', 'task_vector_merge', 'ema_average']
 
 # %% ../nbs/91_check.ipynb #65aab308
 # every check as `check.NAME`, from the modules that keep them (a module's `__all__` is its checks)
@@ -29,11 +30,11 @@ _all_ = [assert_close, n_params, flops_per_token, bpe_merge, bpe_encode, tokeniz
          document_splits, limit_documents, split_files, projected_hours, rmsnorm, layer_norm, apply_rope,
          interleaved_to_half, causal_attention, causal_mask, swiglu, llama_ffn_dim, lm_loss, block_forward,
          to_hf_name, safetensors_header, lr_at, adamw_step, smoothed_loss, resumed_metrics, top_p, greedy,
-         rmsnorm_backward, triton_rmsnorm, rope_backward, swiglu_backward, swiglu_function,
-         online_logsumexp, cross_entropy_grad, tiled_attention, install_seams, data_parallel_grads,
-         sharded_init, mfu, accum_steps, q8_0, gguf_name, sliding_windows, bits_per_byte, choice_scores,
-         expected_tokens_per_call, residual_distribution, accept_or_resample, quantize_int8, quantize_int4,
-         gptq_quantize, chat_render, chat_targets, lora_merge,
-         find_checkpoint, prune_checkpoints, harness_request, parse_count, write_atomic,
-         publish_dir, temperature_softmax, distill_kl, distill_loss, neuron_importance, layer_influence, slice_ffn,
-         slerp_tensor, task_vector_merge, ema_average]  # noqa: F405
+         rmsnorm_backward, triton_rmsnorm, rope_backward, triton_rope, swiglu_backward, swiglu_function,
+         online_logsumexp, cross_entropy_grad, tiled_attention, attention_backward, install_seams, resolve_kernels,
+         data_parallel_grads, sharded_init, mfu, accum_steps, q8_0, gguf_name, sliding_windows, bits_per_byte,
+         choice_scores, expected_tokens_per_call, residual_distribution, accept_or_resample, quantize_int8,
+         quantize_int4, gptq_quantize, chat_render, chat_targets, lora_merge, find_checkpoint, prune_checkpoints,
+         harness_request, request_loglikelihood, parse_count, run_command, write_atomic, publish_dir,
+         temperature_softmax, distill_kl, distill_loss, neuron_importance, layer_influence, slice_ffn, slerp_tensor,
+         task_vector_merge, ema_average]  # noqa: F405

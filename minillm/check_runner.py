@@ -81,12 +81,13 @@ def _same(name: str, got, want, where: str, rtol: float = 1e-4, atol: float = 1e
 # %% ../nbs/91a_check_runner.ipynb #eb159fdb
 def _exercise(check):
     """Make `check` an exercise check: it prints one line when the learner's function passes, and says (without
-    failing) that the exercise is still open while the function is the stub that raises NotImplementedError."""
+    failing) that the exercise is still open while the function is the stub that raises NotImplementedError. Keyword
+    options (such as a statistical check's number of trials) go to `check`."""
     @functools.wraps(check)
-    def run(fn) -> None:
+    def run(fn, **options) -> None:
         try:
             with torch.random.fork_rng(devices=[]):  # the check's own seeds leave the learner's random state alone
-                what = check(fn)
+                what = check(fn, **options)
         except _NotAttempted:
             print(f"check.{check.__name__}: not attempted yet ({getattr(fn, '__name__', 'your function')} raises "
                   f"NotImplementedError): write it, then run this cell again")

@@ -9,10 +9,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from .check_runner import _call, _exercise, _NotAttempted, _run, _same
+from .check_runner import _call, _exercise, _NotAttempted, _run, _same, _short
 
 # %% auto #0
-__all__ = ['find_checkpoint', 'prune_checkpoints', 'harness_request', 'parse_count', 'write_atomic', 'publish_dir']
+__all__ = ['find_checkpoint', 'prune_checkpoints', 'harness_request', 'request_loglikelihood', 'parse_count', 'run_command',
+           'write_atomic', 'publish_dir']
 
 # %% ../nbs/91d_check_tools.ipynb #9b8f5b84
 _RUNS = {  # run folders: the files each holds (a `latest` file holds the folder it names)
@@ -95,6 +96,16 @@ def prune_checkpoints(fn):
     return f"{len(layouts)} checkpoint folders"
 
 # %% ../nbs/91d_check_tools.ipynb #bfaa841d
+def _minillm_lm():
+    "The class lm-eval knows as `minillm`: the chapter's own when the chapter has registered it (one class per name)."
+    from lm_eval.api import registry
+    try:
+        return registry.get_model("minillm")
+    except ValueError:
+        from minillm.harness import MinillmLM
+        return MinillmLM
+
+
 @_exercise
 def harness_request(fn):
     """Check `fn(tokenizer, context, continuation) -> (context_ids, continuation_ids)`: the ids lm-eval scores for one
@@ -103,15 +114,9 @@ def harness_request(fn):
     becomes BOS alone. Against lm-eval's own `TemplateLM.loglikelihood`, run through `minillm.harness.MinillmLM`."""
     from types import SimpleNamespace
 
-    from lm_eval.api import registry
-
     from minillm.check_training import _eval_inputs
-    try:  # lm-eval takes one class per name: the chapter's own, when the chapter has registered it
-        MinillmLM = registry.get_model("minillm")
-    except ValueError:
-        from minillm.harness import MinillmLM
 
-    class Requests(MinillmLM):  # keeps the requests lm-eval built instead of scoring them
+    class Requests(_minillm_lm()):  # keeps the requests lm-eval built instead of scoring them
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
             return [(list(ctx), list(cont)) for _, ctx, cont in requests]
     model, tok, _ = _eval_inputs()
@@ -128,6 +133,40 @@ def harness_request(fn):
              ("", "The quick brown fox"), ("The lazy", " dog"), ("return", "")]
     cases = [(f"context={c!r}, continuation={e!r}", (tok, c, e)) for c, e in pairs]
     return f"{_run('check.harness_request', learner, lambda *a: tuple(list(x) for x in ref(*a)), cases)} requests"
+
+@_exercise
+def request_loglikelihood(fn):
+    """Check `fn(model, context_ids, continuation_ids, max_length) -> (logprob, is_greedy)`: the continuation's summed
+    log-probability after the context, the pair left-truncated to `max_length + 1` ids and the last id dropped, and
+    whether every continuation id is the model's most likely one; against `minillm.harness.MinillmLM`, which scores
+    as lm-eval's `hf` model does."""
+    import torch
+
+    from minillm.check_training import _eval_inputs
+
+    name = "check.request_loglikelihood"
+    model, tok, text = _eval_inputs()
+    ctx = [tok.bos_id] + tok.encode("The quick brown")
+    greedy = list(ctx)
+    with torch.no_grad():
+        for _ in range(3):  # the model's own greedy continuation: is_greedy must come out True
+            greedy.append(int(model(torch.tensor([greedy]))[0, -1].argmax()))
+    cases = [("a short context and continuation", ctx, tok.encode(" fox jumps"), 16),
+             ("the model's greedy continuation", ctx, greedy[len(ctx):], 16),
+             ("a one-id continuation", ctx, greedy[len(ctx):len(ctx) + 1], 16),
+             ("a context longer than max_length (truncated on the left)", [tok.bos_id] + tok.encode(text[:120]),
+              tok.encode(" dog."), 16),
+             ("a smaller max_length", [tok.bos_id] + tok.encode("def add(a, b):\n    return"), tok.encode(" a + b"), 8)]
+    for label, c, e, n in cases:
+        where = f"{label}: {len(c)} context ids, {len(e)} continuation ids, max_length {n}"
+        lm = _minillm_lm()(model=model, tokenizer=tok, device="cpu", max_length=n)
+        want = lm._loglikelihood_tokens([(None, c, e)])[0]
+        got = _call(name, fn, where, model, list(c), list(e), n)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise AssertionError(f"{name}: on {where}, expected (logprob, is_greedy), got {_short(got)}")
+        _same(name, float(got[0]), want[0], f"{where}: the log-probability", rtol=1e-4, atol=1e-4)
+        _same(name, bool(got[1]), want[1], f"{where}: is_greedy")
+    return f"{len(cases)} requests"
 
 # %% ../nbs/91d_check_tools.ipynb #f60ee210
 @_exercise
@@ -147,6 +186,64 @@ def parse_count(fn):
     values = ["100", "1", "2e9", "2_000_000_000", "1.5e3", "3.0", " 42 ", "1e-3", "1.5", "0", "-5", "", "5M",
               "nan", "2e9x"]
     return f"{_run('check.parse_count', fn, ref, [(f'value={v!r}', (v,)) for v in values])} values"
+
+
+def _raising(error: BaseException):
+    "A subcommand that fails with `error`."
+    def func(args):
+        raise error
+    return func
+
+
+def _outcome(run, args) -> tuple:
+    "What running the subcommand `args` with `run` did: (status, standard output, standard error), or what it raised."
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = run(args)
+    except NotImplementedError:
+        raise _NotAttempted() from None
+    except BaseException as e:  # KeyboardInterrupt included: the check asks where each one ends up
+        return ("raised", type(e).__name__)
+    return (status, out.getvalue(), err.getvalue())
+
+
+@_exercise
+def run_command(fn):
+    """Check `fn(args) -> int`: run a parsed subcommand, `args.func(args)`, as `minillm` does, against
+    `minillm.cli.run_command`: the command's own exit status when it returns; bad input (ValueError,
+    FileNotFoundError) one line `minillm COMMAND: error: MESSAGE` on standard error and status 2; a diverged run
+    status 3; Ctrl-C status 130; any other exception (a bug) raised as it is, with its traceback."""
+    import argparse
+
+    from minillm.cli import run_command as reference
+    from minillm.train import TrainingDiverged
+
+    commands = [("returns 0", "info", lambda args: 0), ("returns 75 (stopped by SIGTERM)", "train", lambda args: 75),
+                ("raises ValueError", "train", _raising(ValueError("--lr -1: give a learning rate > 0"))),
+                ("raises FileNotFoundError", "eval", _raising(FileNotFoundError("no such file: notes.txt"))),
+                ("raises TrainingDiverged", "train", _raising(TrainingDiverged("the loss is nan at step 40"))),
+                ("raises KeyboardInterrupt (Ctrl-C)", "prepare", _raising(KeyboardInterrupt())),
+                ("raises ZeroDivisionError (a bug)", "train", _raising(ZeroDivisionError("division by zero"))),
+                ("raises RuntimeError (not a diverged run)", "train", _raising(RuntimeError("CUDA error")))]
+    for label, command, func in commands:
+        where = f"`minillm {command}` whose command {label}"
+        args = argparse.Namespace(command=command, func=func)
+        want, got = _outcome(reference, args), _outcome(fn, args)
+        if got != want:
+            raise AssertionError(f"check.run_command: on {where}, yours {_said(got)} but the reference {_said(want)}")
+    return f"{len(commands)} commands"
+
+
+def _said(outcome: tuple) -> str:
+    "An outcome of `_outcome`, in words."
+    if outcome[0] == "raised":
+        return f"raises {outcome[1]}"
+    status, out, err = outcome
+    return f"returns {status!r}, writing {out!r} to standard output and {err!r} to standard error"
 
 # %% ../nbs/91d_check_tools.ipynb #b4e5ce54
 def _folder(d: Path) -> dict:

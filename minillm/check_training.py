@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .check_runner import _call, _desc, _exercise, _randn, _run, _same, assert_close
+from .check_runner import _TOL, _call, _desc, _exercise, _randn, _run, _same, _short, assert_close
 
 # %% auto #0
 __all__ = ['lr_at', 'adamw_step', 'smoothed_loss', 'resumed_metrics', 'top_p', 'greedy', 'rmsnorm_backward', 'triton_rmsnorm',
-           'rope_backward', 'swiglu_backward', 'swiglu_function', 'online_logsumexp', 'cross_entropy_grad',
-           'tiled_attention', 'install_seams', 'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0',
-           'gguf_name', 'sliding_windows', 'bits_per_byte', 'choice_scores', 'expected_tokens_per_call',
-           'residual_distribution', 'accept_or_resample', 'quantize_int8', 'quantize_int4', 'gptq_quantize',
-           'chat_render', 'chat_targets', 'lora_merge']
+           'rope_backward', 'triton_rope', 'swiglu_backward', 'swiglu_function', 'online_logsumexp',
+           'cross_entropy_grad', 'tiled_attention', 'attention_backward', 'install_seams', 'resolve_kernels',
+           'data_parallel_grads', 'sharded_init', 'mfu', 'accum_steps', 'q8_0', 'gguf_name', 'sliding_windows',
+           'bits_per_byte', 'choice_scores', 'expected_tokens_per_call', 'residual_distribution', 'accept_or_resample',
+           'quantize_int8', 'quantize_int4', 'gptq_quantize', 'chat_render', 'chat_targets', 'lora_merge']
 
 # %% ../nbs/91c_check_training.ipynb #0ebc8299
 @_exercise
@@ -160,6 +160,23 @@ def rope_backward(fn):
              for B, T, H, D in [(2, 5, 3, 12), (1, 4, 2, 64), (1, 9, 1, 2)]]
     return f"{_run('check.rope_backward', fn, ref, cases)} inputs"
 
+@_exercise
+def triton_rope(fn):
+    """Check `fn(x, cos, sin)`, your Triton kernel and its launch: half-split RoPE of x (B, T, n_heads, head_dim) by
+    the float32 tables cos, sin (T, head_dim/2), in float32 and bfloat16, against `apply_rope_torch`. Without a GPU,
+    set TRITON_INTERPRET=1 before Triton is first imported."""
+    from minillm.kernels.rope import apply_rope_torch
+    from minillm.rope import rope_cache
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # on the CPU, Triton's interpreter runs the kernel
+    cases = []
+    for (B, T, H, D), dtype in [((2, 5, 3, 12), torch.float32), ((1, 4, 2, 64), torch.bfloat16),
+                                ((1, 9, 1, 2), torch.float32)]:
+        x = _randn(B, T, H, D, dtype=dtype, scale=2.0)
+        cases.append((f"x of {_desc(x)} on {dev}", (x.to(dev), *(t[:T].to(dev) for t in rope_cache(D, T + 3))),
+                      _TOL[dtype]))
+    return f"{_run('check.triton_rope', fn, apply_rope_torch, cases)} inputs"
+
 # %% ../nbs/91c_check_training.ipynb #f44bd792
 @_exercise
 def swiglu_backward(fn):
@@ -232,6 +249,31 @@ def tiled_attention(fn):
         return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
     return f"{_run('check.tiled_attention', fn, ref, cases)} inputs"
 
+@_exercise
+def attention_backward(fn):
+    """Check `fn(q, k, v, out, lse, dout) -> (dq, dk, dv)`: the gradients of causal attention of one head, q, k, v
+    (T, d), for the upstream gradient dout, from the forward pass's output `out` and the log-sum-exp `lse` (T,) of
+    each query's scaled, masked scores (the probabilities recomputed, never stored); against autograd through
+    `scaled_dot_product_attention(is_causal=True)`."""
+    import math
+
+    import torch.nn.functional as F
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
+
+    def ref(q, k, v, out, lse, dout):
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        return torch.autograd.grad(sdpa(q, k, v), (q, k, v), dout)
+    cases = []
+    for T, d, scale in [(6, 8, 1.0), (1, 4, 1.0), (12, 16, 1.0), (7, 8, 3.0)]:
+        q, k, v, dout = (_randn(T, d, seed=i, scale=scale if i < 2 else 1.0) for i in range(4))
+        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        lse = torch.logsumexp((q @ k.T / math.sqrt(d)).masked_fill(future, float("-inf")), -1)
+        cases.append((f"q, k, v of {_desc(q)} (scores scaled by {scale ** 2:g}); outputs (dq, dk, dv)",
+                      (q, k, v, sdpa(q, k, v), lse, dout)))
+    return f"{_run('check.attention_backward', fn, ref, cases)} inputs"
+
 # %% ../nbs/91c_check_training.ipynb #da77a2f4
 @_exercise
 def install_seams(fn):
@@ -259,6 +301,21 @@ def install_seams(fn):
     _same("check.install_seams", calls, {"rope": 6, "swiglu": 3, "loss_fn": 1},
           f"{where}: calls per forward pass (rope: queries and keys in each layer)")
     return "3 seams"
+
+@_exercise
+def resolve_kernels(fn):
+    """Check `fn(kernels, device, has_triton, interpret) -> 'torch' | 'triton'`: what a request ('auto', 'torch',
+    'triton') gives on a device type ('cuda', 'cpu', 'mps') when Triton is installed or not and its CPU interpreter
+    is on or off; a request that cannot be honoured, or is unknown, raises ValueError. Against
+    `minillm.kernels.switch.resolve_kernels`."""
+    from minillm.kernels.switch import resolve_kernels as reference
+
+    def ref(kernels, device, has_triton, interpret):
+        return reference(kernels, device, has_triton=has_triton, interpret=interpret)
+    cases = [(f"kernels={k!r}, device={d!r}, has_triton={t}, interpret={i}", (k, d, t, i))
+             for k in ("auto", "torch", "triton", "fast") for d in ("cuda", "cpu", "mps") for t in (True, False)
+             for i in ((False, True) if t else (False,))]  # the interpreter is part of Triton
+    return f"{_run('check.resolve_kernels', fn, ref, cases)} requests"
 
 # %% ../nbs/91c_check_training.ipynb #7ce3f576
 @_exercise
@@ -361,28 +418,31 @@ def _eval_inputs():
     return model, tok, text
 
 # %% ../nbs/91c_check_training.ipynb #9f92cc13
-def sliding_windows(fn) -> None:
-    "Check `fn(n_ids, seq_len)`: the `(start, end, n_scored)` windows of the evaluation protocol (`minillm.evaluate.sliding_windows`)."
+@_exercise
+def sliding_windows(fn):
+    """Check `fn(n_ids, seq_len) -> [(start, end, n_scored), ...]`: the windows of the evaluation protocol, against
+    `minillm.evaluate.sliding_windows`, for sequences shorter than one window, odd window lengths and long ones."""
     from minillm.evaluate import sliding_windows as reference
 
-    n = 0
-    for seq_len in (2, 3, 4, 7, 8, 16):
-        for n_ids in (1, 2, 3, 5, 8, 9, 17, 40):
-            want = reference(n_ids, seq_len)
-            try:
-                got = [tuple(int(v) for v in w) for w in fn(n_ids, seq_len)]
-            except TypeError as e:
-                raise AssertionError(f"sliding_windows: on n_ids={n_ids}, seq_len={seq_len}, expected a list of "
-                                     f"(start, end, n_scored) triples ({e})") from None
-            if got != want:
-                raise AssertionError(f"sliding_windows: on n_ids={n_ids}, seq_len={seq_len}, yours gives {got} but "
-                                     f"the reference gives {want}")
-            n += 1
-    print(f"sliding_windows: all {n} window plans match")
+    def learner(n_ids, seq_len):
+        return [tuple(int(v) for v in w) for w in fn(n_ids, seq_len)]
+    cases = [(f"n_ids={n}, seq_len={T}", (n, T)) for T in (2, 3, 4, 7, 8, 16) for n in (1, 2, 3, 5, 8, 9, 17, 40)]
+    return f"{_run('check.sliding_windows', learner, reference, cases)} window plans"
 
 # %% ../nbs/91c_check_training.ipynb #8e8834d2
-def bits_per_byte(fn) -> None:
-    "Check `fn(model, tokenizer, text, seq_len)`: bits per byte of one text under the protocol (`minillm.evaluate.text_bpb`)."
+def _numbers(name: str, got, where: str, what: str) -> torch.Tensor:
+    "The learner's number(s) as a float64 tensor, or an AssertionError saying that `what` was expected."
+    try:
+        return torch.tensor([float(v) for v in got] if what != "one number" else float(got), dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise AssertionError(f"{name}: on {where}, expected {what}, got {_short(got)}") from None
+
+
+@_exercise
+def bits_per_byte(fn):
+    """Check `fn(model, tokenizer, text, seq_len) -> float`: bits per byte of one text under the evaluation protocol,
+    against `minillm.evaluate.text_bpb`, on a small random Llama (context 16): a text shorter than one window, several
+    windows, odd window lengths and non-ASCII text."""
     from minillm.evaluate import text_bpb
 
     model, tok, text = _eval_inputs()
@@ -391,17 +451,16 @@ def bits_per_byte(fn) -> None:
     for sample, seq_len in cases:
         where = f"text {sample[:24]!r}{'…' if len(sample) > 24 else ''} ({len(tok.encode(sample))} tokens), seq_len {seq_len}"
         want = torch.tensor(text_bpb(model, tok, [sample], seq_len=seq_len)["bpb"], dtype=torch.float64)
-        try:
-            got = torch.tensor(float(fn(model, tok, sample, seq_len)), dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise AssertionError(f"bits_per_byte: on {where}, expected one number ({e})") from None
-        assert_close("bits_per_byte", got, want, where, rtol=1e-4, atol=1e-6)
-    print(f"bits_per_byte: matches text_bpb on all {len(cases)} texts")
+        got = _call("check.bits_per_byte", fn, where, model, tok, sample, seq_len)
+        got = _numbers("check.bits_per_byte", got, where, "one number")
+        assert_close("check.bits_per_byte", got, want, where, rtol=1e-4, atol=1e-6)
+    return f"{len(cases)} texts"
 
 # %% ../nbs/91c_check_training.ipynb #896ccf2d
-def choice_scores(fn) -> None:
-    """Check `fn(model, tokenizer, context, endings)`: the summed log-probability of each ending after the context, ids
-    split and truncated the way lm-eval does it (`minillm.evaluate.choice_scores`)."""
+@_exercise
+def choice_scores(fn):
+    """Check `fn(model, tokenizer, context, endings) -> [float, ...]`: the summed log-probability of each ending after
+    the context, ids split and truncated the way lm-eval does it, against `minillm.evaluate.choice_scores`."""
     from minillm.evaluate import choice_scores as reference
 
     model, tok, text = _eval_inputs()
@@ -412,121 +471,144 @@ def choice_scores(fn) -> None:
     for context, endings in cases:
         where = f"context {context[-24:]!r} with endings {endings}"
         want = torch.tensor(reference(model, tok, [dict(ctx=context, endings=endings)])[0], dtype=torch.float64)
-        try:
-            got = torch.tensor([float(v) for v in fn(model, tok, context, endings)], dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise AssertionError(f"choice_scores: on {where}, expected one number per ending ({e})") from None
-        assert_close("choice_scores", got, want, where, rtol=1e-4, atol=1e-4)
-    print(f"choice_scores: matches on all {len(cases)} items")
+        got = _call("check.choice_scores", fn, where, model, tok, context, list(endings))
+        got = _numbers("check.choice_scores", got, where, "one number per ending")
+        assert_close("check.choice_scores", got, want, where, rtol=1e-4, atol=1e-4)
+    return f"{len(cases)} items"
 
 # %% ../nbs/91c_check_training.ipynb #149c2b70
-def expected_tokens_per_call(fn) -> None:
-    "Check `fn(alpha, gamma)`, the expected tokens per target call, against the package's on a grid (α = 0 and 1 included)."
-    from minillm.speculative import expected_tokens_per_call as ref
+@_exercise
+def expected_tokens_per_call(fn):
+    """Check `fn(alpha, gamma) -> float`: the expected tokens one target call yields, (1 − α^(γ+1)) / (1 − α), and
+    γ + 1 at α = 1, against `minillm.speculative.expected_tokens_per_call` on a grid (α = 0 and 1 included)."""
+    from minillm.speculative import expected_tokens_per_call as reference
 
-    for gamma in (1, 2, 4, 7):
-        for alpha in (0.0, 0.3, 0.5, 0.8, 0.95, 1.0):
-            got, want = fn(alpha, gamma), ref(alpha, gamma)
-            if not isinstance(got, (int, float)) or not abs(got - want) <= 1e-9 * max(1.0, want):
-                raise AssertionError(f"expected_tokens_per_call: on alpha={alpha}, gamma={gamma}, got {got!r}, "
-                                     f"the reference gives {want:.6g}")
-    print("expected_tokens_per_call: matches (1 - α^(γ+1)) / (1 - α) on 24 points, α = 1 included")
+    cases = [(f"alpha={a}, gamma={g}", (a, g)) for g in (1, 2, 4, 7) for a in (0.0, 0.3, 0.5, 0.8, 0.95, 1.0)]
+    ref = lambda a, g: float(reference(a, g))
+    return f"{_run('check.expected_tokens_per_call', fn, ref, cases, rtol=1e-9, atol=1e-12)} (alpha, gamma) points"
 
 # %% ../nbs/91c_check_training.ipynb #52286a73
-def residual_distribution(fn) -> None:
-    "Check `fn(p, q)`, the normalized max(0, p − q), against the package's on random pairs, a batch, and p == q."
-    from minillm.speculative import residual_distribution as ref
+@_exercise
+def residual_distribution(fn):
+    """Check `fn(p, q)`, the normalized max(0, p − q) over the last dimension (p itself where p == q), against
+    `minillm.speculative.residual_distribution` on random pairs, a batch, p == q and a one-hot q."""
+    from minillm.speculative import residual_distribution as reference
 
     gen = torch.Generator().manual_seed(0)
     p, q = torch.rand(8, generator=gen).softmax(-1), torch.rand(8, generator=gen).softmax(-1)
-    cases = {"one pair of 8-word distributions": (p, q),
+    pairs = {"one pair of 8-word distributions": (p, q),
              "a batch (3, 50)": (torch.randn(3, 50, generator=gen).softmax(-1), torch.randn(3, 50, generator=gen).softmax(-1)),
              "p == q (nothing to correct: p itself)": (p, p.clone()),
              "a one-hot q on p's likeliest word": (p, torch.nn.functional.one_hot(p.argmax(), 8).float())}
-    for where, (a, b) in cases.items():
-        assert_close("residual_distribution", fn(a, b), ref(a, b), where, rtol=1e-5, atol=1e-6)
-    print(f"residual_distribution: matches on {len(cases)} inputs")
+    cases = [(where, pair) for where, pair in pairs.items()]
+    return f"{_run('check.residual_distribution', fn, reference, cases, rtol=1e-5, atol=1e-6)} inputs"
 
 # %% ../nbs/91c_check_training.ipynb #522e7df3
-def accept_or_resample(fn, trials: int = 20_000) -> None:
+@_exercise
+def accept_or_resample(fn, trials: int = 20_000):
     """Check `fn(p, q, drafts, generator) -> (accepted, next token)` by its output: run over `trials` blocks of one
     draft token drawn from q, the first token it yields must follow the target's p (total variation < 0.02, about
     six standard errors at this size), and sure cases must be decided surely."""
+    name = "check.accept_or_resample"
+
+    def call(where, *args):
+        got = _call(name, fn, where, *args)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise AssertionError(f"{name}: on {where}, expected (accepted, next token), got {_short(got)}")
+        return int(got[0]), int(got[1])
     gen = torch.Generator().manual_seed(0)
     p = torch.tensor([0.40, 0.25, 0.15, 0.10, 0.06, 0.04])
     q = torch.tensor([0.20, 0.45, 0.05, 0.15, 0.10, 0.05])
+    where = f"{trials} blocks of one draft token drawn from q = {q.tolist()}"
     counts = torch.zeros(6)
     for x in torch.multinomial(q, trials, replacement=True, generator=gen).tolist():
-        n, nxt = fn(torch.stack([p, p]), q[None], torch.tensor([x]), gen)
+        n, nxt = call(where, torch.stack([p, p]), q[None], torch.tensor([x]), gen)
         if n not in (0, 1):
-            raise AssertionError(f"accept_or_resample: with one draft token it returned {n} accepted (0 or 1 expected)")
-        counts[x if n == 1 else int(nxt)] += 1
+            raise AssertionError(f"{name}: on {where}, it returned {n} accepted of one draft token (0 or 1 expected)")
+        counts[x if n == 1 else nxt] += 1
     freq = counts / trials
     tv = 0.5 * float((freq - p).abs().sum())
     if tv > 0.02:
-        raise AssertionError(f"accept_or_resample: the first token out should follow p = {p.tolist()}, but over {trials} "
-                             f"blocks its frequencies are {[round(v, 3) for v in freq.tolist()]} (total variation {tv:.3f})")
-    n, _ = fn(torch.stack([p, p, p]), torch.stack([p, p]), torch.tensor([0, 1]), gen)
+        raise AssertionError(f"{name}: on {where}, the first token out should follow p = {p.tolist()}, but its "
+                             f"frequencies are {[round(v, 3) for v in freq.tolist()]} (total variation {tv:.3f})")
+    n, _ = call("q == p, drafts [0, 1]", torch.stack([p, p, p]), torch.stack([p, p]), torch.tensor([0, 1]), gen)
     if n != 2:
-        raise AssertionError(f"accept_or_resample: with q == p every draft must be accepted, got {n} of 2")
-    zero = torch.tensor([0.0, 0.5, 0.5, 0, 0, 0])
+        raise AssertionError(f"{name}: on q == p, drafts [0, 1], every draft must be accepted; yours accepted {n} of 2")
+    zero, where = torch.tensor([0.0, 0.5, 0.5, 0, 0, 0]), "a draft token (id 0) the target gives probability 0"
     for _ in range(20):
-        n, nxt = fn(torch.stack([zero, p]), torch.nn.functional.one_hot(torch.tensor([0]), 6).float(), torch.tensor([0]), gen)
-        if n != 0 or int(nxt) not in (1, 2):
-            raise AssertionError(f"accept_or_resample: a draft token the target gives probability 0 must be rejected "
-                                 f"and replaced by one of p's (ids 1 or 2); got accepted={n}, next={int(nxt)}")
-    print(f"accept_or_resample: the tokens it yields follow the target's distribution (TV {tv:.3f} over {trials} blocks)")
+        n, nxt = call(where, torch.stack([zero, p]), torch.nn.functional.one_hot(torch.tensor([0]), 6).float(),
+                      torch.tensor([0]), gen)
+        if n != 0 or nxt not in (1, 2):
+            raise AssertionError(f"{name}: on {where}, it must be rejected and replaced by one of p's (ids 1 or 2); "
+                                 f"yours gave accepted={n}, next={nxt}")
+    return f"the tokens it yields follow the target's distribution: total variation {tv:.3f} over {trials} blocks"
 
 # %% ../nbs/91c_check_training.ipynb #588fb22b
-def quantize_int8(fn) -> None:
+@_exercise
+def quantize_int8(fn):
     """Check `fn(w) -> (q, scale)`: symmetric int8 per output channel, q int8 (out, in) and scale (out, 1) float32
     with w ≈ q · scale, scale = max|w| / 127.5 (torchao's SYMMETRIC), rounding half to even, q in [-128, 127]."""
+    name = "check.quantize_int8"
     gen = torch.Generator().manual_seed(0)
     cases = {"a (16, 64) matrix": torch.randn(16, 64, generator=gen),
              "a (5, 123) matrix with one large row": torch.randn(5, 123, generator=gen) * torch.tensor([[1.0], [50], [1], [0.01], [1]])}
     for where, w in cases.items():
-        got = fn(w)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            raise AssertionError(f"quantize_int8: on {where}, expected (q, scale), got {type(got).__name__}")
+        got = _call(name, fn, where, w.clone())
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise AssertionError(f"{name}: on {where}, expected (q, scale), got {_short(got)}")
         q, scale = got
         want_scale = w.abs().amax(-1, keepdim=True) / 127.5
-        assert_close("quantize_int8 scale", scale, want_scale, where, rtol=1e-6, atol=0)
+        assert_close(name, scale, want_scale, f"{where}: the scales", rtol=1e-6, atol=0)
         x = w / want_scale
         tie = ((x.abs() - x.abs().floor()) - 0.5).abs() < 1e-4  # a value on a rounding boundary may go either way
         want_q = torch.round(x).clamp(-128, 127).to(torch.int8)
-        if isinstance(q, torch.Tensor) and q.shape == want_q.shape:
-            q = torch.where(tie & ((q.int() - want_q.int()).abs() <= 1), want_q, q.to(torch.int8) if q.dtype != torch.int8 else q)
-        assert_close("quantize_int8 q", q, want_q, where, rtol=0, atol=0)
-    print(f"quantize_int8: q and scales match on {len(cases)} matrices")
+        if isinstance(q, torch.Tensor) and q.shape == want_q.shape and q.dtype == torch.int8:
+            q = torch.where(tie & ((q.int() - want_q.int()).abs() <= 1), want_q, q)
+        assert_close(name, q, want_q, f"{where}: the integers q", rtol=0, atol=0)
+    return f"q and scales of {len(cases)} matrices"
 
 # %% ../nbs/91c_check_training.ipynb #1f4e9ad3
-def quantize_int4(fn) -> None:
+def _dequantized(name: str, got, where: str) -> torch.Tensor:
+    "The float matrix of the learner's `QuantizedWeight`, or an AssertionError saying one was expected."
+    if not callable(getattr(got, "dequantize", None)):
+        raise AssertionError(f"{name}: on {where}, expected a QuantizedWeight, got {_short(got)}")
+    return got.dequantize()
+
+
+@_exercise
+def quantize_int4(fn):
     """Check `fn(w, group_size) -> QuantizedWeight` (symmetric 4-bit groups with float16 scales) against
     `minillm.quantize.quantize_weight`, to the bit in the dequantized weights."""
     from minillm.quantize import quantize_weight
 
-    gen = torch.Generator().manual_seed(0)
+    name, gen = "check.quantize_int4", torch.Generator().manual_seed(0)
     for shape, g in (((8, 64), 32), ((16, 256), 64), ((4, 128), 128), ((6, 96), 32)):
-        w = torch.randn(*shape, generator=gen) * 0.05
+        w, where = torch.randn(*shape, generator=gen) * 0.05, f"a {shape} matrix, group_size {g}"
+        got = _dequantized(name, _call(name, fn, where, w.clone(), g), where)
         want = quantize_weight(w, 4, g).dequantize()
-        assert_close("quantize_int4", fn(w, g).dequantize(), want, f"a {shape} matrix, group_size {g}", rtol=0, atol=0)
-    print("quantize_int4: dequantized weights equal the package's bit for bit on 4 matrices and group sizes")
+        assert_close(name, got, want, f"{where}: the dequantized weights", rtol=0, atol=0)
+    return "dequantized weights bit for bit on 4 matrices and group sizes"
 
 # %% ../nbs/91c_check_training.ipynb #9596455b
-def gptq_quantize(fn) -> None:
-    """Check `fn(w, H, group_size) -> QuantizedWeight` (GPTQ, 4 bits) against `minillm.quantize.gptq_quantize`: the
-    same integers and scales on correlated inputs, and round-to-nearest when H is the identity."""
-    from minillm.quantize import gptq_quantize as ref
+@_exercise
+def gptq_quantize(fn):
+    """Check `fn(w, H, group_size) -> QuantizedWeight` (GPTQ, 4 bits, symmetric) against
+    `minillm.quantize.gptq_quantize`: the same integers and scales on correlated inputs, and round-to-nearest when H
+    is the identity."""
+    from minillm.quantize import gptq_quantize as reference
     from minillm.quantize import quantize_weight
 
-    gen = torch.Generator().manual_seed(0)
+    name, gen = "check.gptq_quantize", torch.Generator().manual_seed(0)
     w = torch.randn(24, 64, generator=gen) * 0.1
     x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
-    for where, H, want in (("correlated inputs", x.T @ x / len(x), ref(w, x.T @ x / len(x), 4, 32)),
-                           ("H = identity (must equal round-to-nearest)", torch.eye(64), quantize_weight(w, 4, 32))):
-        got = fn(w, H, 32)
-        assert_close("gptq_quantize", got.dequantize(), want.dequantize(), where, rtol=0, atol=1e-6)
-    print("gptq_quantize: matches the package on correlated inputs and reduces to round-to-nearest for H = I")
+    H = x.T @ x / len(x)
+    cases = (("correlated inputs", H, reference(w, H, 4, 32)),
+             ("H = identity (must equal round-to-nearest)", torch.eye(64), quantize_weight(w, 4, 32)))
+    for where, h, want in cases:
+        where = f"a (24, 64) matrix, group_size 32, {where}"
+        got = _dequantized(name, _call(name, fn, where, w.clone(), h.clone(), 32), where)
+        assert_close(name, got, want.dequantize(), f"{where}: the dequantized weights", rtol=0, atol=1e-6)
+    return "the package's weights on correlated inputs, round-to-nearest for H = I"
 
 # %% ../nbs/91c_check_training.ipynb #fffdca64
 _CHATS = [[{"role": "user", "content": "What is `len` for?"},

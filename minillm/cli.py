@@ -16,7 +16,7 @@ from .cli_tools import TOOL_PARSERS
 
 # %% auto #0
 __all__ = ['EXIT_STOPPED', 'cmd_info', 'cmd_train', 'cmd_plan', 'cmd_generate', 'cmd_export', 'cmd_prepare', 'cmd_eval',
-           'build_parser', 'main', 'console']
+           'build_parser', 'run_command', 'main', 'console']
 
 # %% ../nbs/90_cli.ipynb #18d724aa
 def cmd_info(args) -> int:
@@ -514,16 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/90_cli.ipynb #86be9bd5
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `minillm` console script."
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+def run_command(args) -> int:
+    """Run the parsed subcommand, `args.func(args)`, and return the exit status: the command's own; 2 for bad input
+    (ValueError, FileNotFoundError, FileExistsError: an --out in the way), said in one line `minillm COMMAND: error:
+    ...` on standard error without a traceback; 3 for a run whose loss diverged; 130 for Ctrl-C. Any other exception
+    is a bug and keeps its traceback."""
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input (an --out in the way too): one line
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: one clear line, no traceback
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
@@ -536,6 +534,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `minillm` console script."
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return run_command(args)
 
 # %% ../nbs/90_cli.ipynb #0b07cb55
 def console() -> None:

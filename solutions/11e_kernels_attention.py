@@ -26,3 +26,16 @@ def tiled_attention(q, k, v, block):
             m = m_new
         out[qs:qs + block] = acc / l[:, None]
     return out
+
+
+def attention_backward(q, k, v, out, lse, dout):
+    """Recompute P = exp(S − lse) from q, k and the saved log-sum-exp; then dV = Pᵀ·dO, dP = dO·Vᵀ,
+    dS = P ∘ (dP − D) with D = rowsum(dO ∘ O) (= rowsum(P ∘ dP)), dQ = dS·K / √d, dK = dSᵀ·Q / √d."""
+    T, d = q.shape
+    s = q @ k.T / math.sqrt(d)
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    p = torch.exp(s - lse[:, None])
+    dv = p.T @ dout
+    dp = dout @ v.T
+    ds = p * (dp - (dout * out).sum(-1, keepdim=True))
+    return ds @ k / math.sqrt(d), ds.T @ q / math.sqrt(d), dv

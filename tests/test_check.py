@@ -125,6 +125,29 @@ def _install_without_loss(model, rope, swiglu, loss_fn):
     C11F.install_seams(model, rope, swiglu, model.loss_fn)
 
 
+def _attention_backward_no_correction(q, k, v, out, lse, dout):  # dS = P ∘ dP: forgets to subtract rowsum(dO ∘ O)
+    T, d = q.shape
+    s = (q @ k.T / math.sqrt(d)).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -torch.inf)
+    p = torch.exp(s - lse[:, None])
+    ds = p * (dout @ v.T)
+    return ds @ k / math.sqrt(d), ds.T @ q / math.sqrt(d), p.T @ dout
+
+
+def _auto_ignores_the_device(kernels, device, has_triton, interpret):  # 'auto' picks Triton wherever it is installed
+    if kernels == "auto":
+        return "triton" if has_triton else "torch"
+    return C11F.resolve_kernels(kernels, device, has_triton, interpret)
+
+
+def _run_catching_everything(args):  # a bug reads as bad input: its traceback is lost
+    import sys
+    try:
+        return C90.run_command(args)
+    except Exception as e:
+        print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def _shard_drawn_alone(shape, seed, rank, world_size):  # every rank draws its piece from the same seed
     full_rows = -(-shape[0] // world_size)
     rows = max(0, min(full_rows, shape[0] - rank * full_rows))
@@ -216,8 +239,11 @@ WRONG = [
     (C11C, "swiglu_function", lambda a, b: F.silu(a) * b, "keeps"),
     (C11D, "online_logsumexp", lambda x, chunk: torch.exp(x).sum(-1).log(), "values up to ~1050"),
     (C11D, "cross_entropy_grad", lambda lg, t: (lg.softmax(-1) - F.one_hot(t.clamp(min=0), lg.shape[-1]) * (t >= 0)[:, None]) / len(t), "2 targets of -100"),
+    (C11B, "triton_rope", _rope_interleaved, "x of shape (2, 5, 3, 12) float32 on"),
     (C11E, "tiled_attention", _tiled_no_rescale, "block=4"),
+    (C11E, "attention_backward", _attention_backward_no_correction, "q, k, v of shape (6, 8) float32"),
     (C11F, "install_seams", _install_without_loss, "calls per forward pass"),
+    (C11F, "resolve_kernels", _auto_ignores_the_device, "kernels='auto', device='cpu', has_triton=True"),
     (C12, "data_parallel_grads", lambda m, x, y, W: [g * W for g in C12.data_parallel_grads(m, x, y, W)], "world_size=2"),
     (C12, "sharded_init", _shard_drawn_alone, "rank 1 of 2"),
     (C01B, "tokenizer_format", lambda head: "tokenizer.json" if head.lstrip().startswith(b'{"version"') or
@@ -231,7 +257,10 @@ WRONG = [
     (C12B, "prune_checkpoints", _prune_all_but_final, "two leftovers"),
     (C15H, "harness_request", lambda tok, c, e: ([tok.bos_id] + tok.encode(c), tok.encode(e)),
      "context='The quick brown fox '"),  # encodes the two apart and leaves the context's trailing space on it
+    (C15H, "request_loglikelihood", lambda m, c, e, n: C15H.request_loglikelihood(m, c, e, 10**6),
+     "truncated on the left"),  # never truncates: a pair longer than the model's context
     (C90, "parse_count", lambda v: int(float(v.replace("_", ""))), "value='1e-3'"),
+    (C90, "run_command", _run_catching_everything, "raises ZeroDivisionError (a bug)"),
     (C92, "write_atomic", _write_in_place, "second hard link"),
     (C92, "publish_dir", _publish_by_copy, "a new folder"),
     (C02B, "split_files", lambda s, n: [(round(len(s) * k / n), round(len(s) * (k + 1) / n)) for k in range(n)],

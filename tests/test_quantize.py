@@ -3,6 +3,7 @@ dequantized weights to the bit), llama.cpp's Q4_0 as the gguf package computes i
 `minillm export --quant q4_0` writes); GPTQ against round-to-nearest; the packed checkpoint through quantize, load,
 generate and export; TinyLlama's packed size counted by hand."""
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -246,17 +247,38 @@ def test_bad_quantize_input_is_one_line(run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_exercise_checks_pass_solutions_and_fail_wrong_answers():
-    def int8(w):
-        scale = w.abs().amax(1, keepdim=True) / 127.5
-        return torch.round(w / scale).clamp(-128, 127).to(torch.int8), scale
+def _solutions():
+    "The worked solutions of chapter 17, `solutions/17_quantize.py` (loaded by path)."
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions", "17_quantize.py")
+    spec = importlib.util.spec_from_file_location("solutions_17_quantize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    check.quantize_int8(int8)
-    with pytest.raises(AssertionError, match="quantize_int8 scale"):
-        check.quantize_int8(lambda w: (int8(w)[0], w.abs().amax(1, keepdim=True) / 127))
-    check.quantize_int4(lambda w, g: quantize_weight(w, 4, g))
-    with pytest.raises(AssertionError, match="quantize_int4"):
-        check.quantize_int4(lambda w, g: quantize_weight(w, 4, g, "q4_0") if g == 32 else quantize_weight(w, 4, None))
-    check.gptq_quantize(lambda w, H, g: gptq_quantize(w, H, 4, g))
-    with pytest.raises(AssertionError, match="correlated inputs"):
-        check.gptq_quantize(lambda w, H, g: quantize_weight(w, 4, g))
+
+C17 = _solutions()
+
+EXERCISES_17 = [  # (check, a plausible wrong answer, what its message must name)
+    ("quantize_int8", lambda w: (C17.quantize_int8(w)[0], w.abs().amax(1, keepdim=True) / 127),
+     "a (16, 64) matrix: the scales"),  # divides by 127: the grid is one step short
+    ("quantize_int8", lambda w: (torch.round(w / (w.abs().amax(1, keepdim=True) / 127.5)), C17.quantize_int8(w)[1]),
+     "a (16, 64) matrix: the integers q"),  # float integers, unclamped: not int8
+    ("quantize_int4", lambda w, g: quantize_weight(w, 4, g, "q4_0") if g == 32 else quantize_weight(w, 4, None),
+     "a (8, 64) matrix, group_size 32"),  # llama.cpp's grid, not the symmetric one
+    ("gptq_quantize", lambda w, H, g: C17.quantize_int4(w, g), "correlated inputs"),  # round-to-nearest is not GPTQ
+    ("gptq_quantize", lambda w, H, g: gptq_quantize(w, H, 4, 2 * g), "group_size 32"),
+]
+
+
+@pytest.mark.parametrize("name", ["quantize_int8", "quantize_int4", "gptq_quantize"])
+def test_check_passes_the_solution(name, capsys):
+    getattr(check, name)(getattr(C17, name))
+    assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
+
+
+@pytest.mark.parametrize("name,wrong,where", EXERCISES_17, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(EXERCISES_17)])
+def test_check_fails_a_wrong_answer(name, wrong, where):
+    with pytest.raises(AssertionError) as e:
+        getattr(check, name)(wrong)
+    assert str(e.value).startswith(f"check.{name}: on "), str(e.value)
+    assert where in str(e.value), str(e.value)

@@ -4,6 +4,7 @@ context limit), sampled in distribution (a chi-square test against the target's 
 `minillm generate` prints."""
 import contextlib
 import copy
+import importlib.util
 import io
 import itertools
 import math
@@ -266,19 +267,41 @@ def test_a_draft_for_a_trained_target_is_one_command(tmp_path, monkeypatch, caps
     assert out.out == plain and "acceptance rate" in out.err
 
 
-def test_exercise_checks_pass_solutions_and_fail_wrong_answers():
-    check.expected_tokens_per_call(expected_tokens_per_call)
-    with pytest.raises(AssertionError, match="alpha=1.0"):
-        check.expected_tokens_per_call(lambda a, g: (1 - a ** (g + 1)) / (1 - a) if a < 1 else float("nan"))
-    with pytest.raises(AssertionError, match="alpha="):
-        check.expected_tokens_per_call(lambda a, g: (1 - a ** g) / (1 - a) if a < 1 else g)
-    check.residual_distribution(residual_distribution)
-    with pytest.raises(AssertionError, match="residual_distribution"):
-        check.residual_distribution(lambda p, q: (p - q).abs() / (p - q).abs().sum(-1, keepdim=True))
-    check.accept_or_resample(accept_or_resample, trials=5000)
+def _solutions():
+    "The worked solutions of chapter 16, `solutions/16_speculative.py` (loaded by path)."
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions", "16_speculative.py")
+    spec = importlib.util.spec_from_file_location("solutions_16_speculative", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def always_accept(p, q, drafts, generator=None):  # the draft's law, not the target's
-        return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
 
-    with pytest.raises(AssertionError, match="should follow p"):
-        check.accept_or_resample(always_accept, trials=5000)
+C16 = _solutions()
+
+
+def _always_accept(p, q, drafts, generator=None):  # the draft's law, not the target's
+    return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
+
+
+EXERCISES_16 = [  # (check, a plausible wrong answer, what its message must name)
+    ("expected_tokens_per_call", lambda a, g: (1 - a ** (g + 1)) / (1 - a) if a < 1 else float("nan"),
+     "alpha=1.0, gamma=1"),  # the formula divides by zero at α = 1
+    ("expected_tokens_per_call", lambda a, g: (1 - a ** g) / (1 - a) if a < 1 else g, "alpha=0.3, gamma=1"),  # no bonus
+    ("residual_distribution", lambda p, q: (p - q).abs() / (p - q).abs().sum(-1, keepdim=True),
+     "one pair of 8-word distributions"),
+    ("accept_or_resample", _always_accept, "should follow p"),
+]
+
+
+@pytest.mark.parametrize("name", ["expected_tokens_per_call", "residual_distribution", "accept_or_resample"])
+def test_check_passes_the_solution(name, capsys):
+    getattr(check, name)(getattr(C16, name), **({"trials": 5000} if name == "accept_or_resample" else {}))
+    assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
+
+
+@pytest.mark.parametrize("name,wrong,where", EXERCISES_16, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(EXERCISES_16)])
+def test_check_fails_a_wrong_answer(name, wrong, where):
+    with pytest.raises(AssertionError) as e:
+        getattr(check, name)(wrong, **({"trials": 5000} if name == "accept_or_resample" else {}))
+    assert str(e.value).startswith(f"check.{name}: on "), str(e.value)
+    assert where in str(e.value), str(e.value)

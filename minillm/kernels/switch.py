@@ -34,18 +34,23 @@ def _model_device(model: nn.Module) -> torch.device:
     return device
 
 
-def resolve_kernels(kernels: str, device: torch.device | str) -> str:
-    "`'torch'` or `'triton'` for a requested `kernels` ('auto' | 'torch' | 'triton') on `device`; raises if 'triton' cannot run there."
+def resolve_kernels(kernels: str, device: torch.device | str, *, has_triton: bool | None = None,
+                    interpret: bool | None = None) -> str:
+    """`'torch'` or `'triton'` for a requested `kernels` ('auto' | 'torch' | 'triton') on `device`; raises if 'triton'
+    cannot run there. `has_triton` (is Triton installed?) and `interpret` (is TRITON_INTERPRET on?) default to this
+    machine's answers."""
+    has_triton = HAS_TRITON if has_triton is None else has_triton
+    interpret = INTERPRET if interpret is None else interpret
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r} is not one of {', '.join(KERNELS)}")
     device = torch.device(device)
     if kernels == "auto":
-        return "triton" if HAS_TRITON and device.type == "cuda" else "torch"
+        return "triton" if has_triton and device.type == "cuda" else "torch"
     if kernels == "triton":
-        if not HAS_TRITON:
+        if not has_triton:
             raise ValueError("kernels='triton' needs the triton package (pip install triton; Linux only): "
                              "use kernels='auto' or 'torch' here")
-        if device.type != "cuda" and not (INTERPRET and device.type == "cpu"):
+        if device.type != "cuda" and not (interpret and device.type == "cpu"):
             raise ValueError(f"kernels='triton' needs a CUDA GPU, but the model is on {device.type}: use 'auto' or "
                              f"'torch', or set TRITON_INTERPRET=1 before importing triton to run the kernels slowly on the CPU")
     return kernels
