@@ -34,7 +34,7 @@ from .pretrain import MFU_CONVENTION, mfu, peak_memory_gib, peak_tflops
 # %% auto #0
 __all__ = ['lr_at', 'param_groups', 'make_optimizer', 'autocast_dtype', 'autocast', 'use_compile', 'build_model', 'evaluate',
            'TrainingDiverged', 'TrainResult', 'Schedule', 'TimeBudget', 'fit_schedule', 'RunState', 'train_step', 'Run',
-           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'run_config', 'train_run']
+           'evaluate_now', 'log_step', 'save_now', 'diverged', 'finish', 'train', 'train_run', 'run_config']
 
 # %% ../nbs/09_train.ipynb #492b0450
 def lr_at(step: int, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
@@ -589,20 +589,6 @@ def train(cfg: LlamaConfig, tcfg: TrainConfig, data: TokenDataset | Mixture, tok
     return finish(run, started)
 
 # %% ../nbs/09_train.ipynb #b522035f
-def run_config(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool = False) -> tuple:
-    """(the model's shape for a run, the tokenizer it is given or None). A preset's vocab_size is the size of the
-    tokenizer a run trains when it has none; given one (`tcfg.tokenizer`: `tokenizer_at`; or kept with prepared data)
-    the vocabulary is its size, unless the preset pins it (`vocab_for`). On `resume`, the checkpoint's vocabulary and
-    tokenizer; with `init`, the weights' shape stays."""
-    if resume:
-        ckpt = Checkpoint(tcfg.out_dir)
-        return (cfg if cfg.name in VOCAB_PINNED else replace(cfg, vocab_size=ckpt.config.vocab_size)), ckpt.tokenizer()
-    tokenizer = (tokenizer_at(tcfg.tokenizer) if tcfg.tokenizer is not None
-                 else prepared_tokenizer(tcfg.data) if tcfg.init is None and tcfg.teacher is None else None)
-    if tokenizer is None or tcfg.init is not None:
-        return cfg, tokenizer
-    return vocab_for(cfg, tokenizer.vocab_size), tokenizer
-
 def _run_data(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool, given, progress: bool, verbose: bool) -> tuple:
     """The run's tokenizer (`given` by `run_config`, the weights', cached or trained) and its training and evaluation
     data (`prepare_data`: prepared folders as they are, small sources tokenized into `out_dir/data/`)."""
@@ -653,3 +639,18 @@ def train_run(cfg: LlamaConfig, tcfg: TrainConfig, *, resume: bool = False, prog
     finally:
         if lock is not None:
             lock.release()
+
+# %% ../nbs/09_train.ipynb #e3b7a215
+def run_config(cfg: LlamaConfig, tcfg: TrainConfig, resume: bool = False) -> tuple:
+    """(the model's shape for a run, the tokenizer it is given or None). A preset's vocab_size is the size of the
+    tokenizer a run trains when it has none; given one (`tcfg.tokenizer`: `tokenizer_at`; or kept with prepared data)
+    the vocabulary is its size, unless the preset pins it (`vocab_for`). On `resume`, the checkpoint's vocabulary and
+    tokenizer; with `init`, the weights' shape stays."""
+    if resume:
+        ckpt = Checkpoint(tcfg.out_dir)
+        return (cfg if cfg.name in VOCAB_PINNED else replace(cfg, vocab_size=ckpt.config.vocab_size)), ckpt.tokenizer()
+    tokenizer = (tokenizer_at(tcfg.tokenizer) if tcfg.tokenizer is not None
+                 else prepared_tokenizer(tcfg.data) if tcfg.init is None and tcfg.teacher is None else None)
+    if tokenizer is None or tcfg.init is not None:
+        return cfg, tokenizer
+    return vocab_for(cfg, tokenizer.vocab_size), tokenizer
