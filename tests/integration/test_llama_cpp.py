@@ -267,7 +267,9 @@ def test_llama_bpe_pre_tokenizer_differs_only_in_blanks_ending_a_text(corpus, tm
 @pytest.fixture(scope="module")
 def trained(cpp, tmp_path_factory):
     "The export chapter's checkpoint: the toy preset trained for a few dozen steps on the built-in corpus."
-    from minillm.train import TrainConfig, load_model, train_run
+    from minillm.checkpoint import load_model
+    from minillm.config import TrainConfig
+    from minillm.train import train_run
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
