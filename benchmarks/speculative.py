@@ -90,7 +90,7 @@ def measure(target, draft, tok, gamma: int, n_tokens: int, rounds: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", help="a trained toy-preset run to use as the target (its tokenizer for the draft)")
-    ap.add_argument("--tokenizer", help="without --target: the tokenizer both models use (a checkpoint folder or file)")
+    ap.add_argument("--tokenizer", help="without --target: the tokenizer both models use (a run or checkpoint folder, or a file)")
     ap.add_argument("--out", default="runs/bench-spec", help="folder for the two training runs")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3, 4, 6])
