@@ -279,6 +279,15 @@ def _count(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
     return int(n)
 
+def _tokenizer_source(path: str) -> str:
+    "What `prepare --tokenizer` names: a run folder stands for its latest checkpoint's tokenizer; anything else as is."
+    from minillm.checkpoint import find_checkpoint
+
+    try:
+        return str(find_checkpoint(path))  # a checkpoint folder holds the tokenizer its run trained with
+    except FileNotFoundError:  # a tokenizer file, or a folder holding one (a Hugging Face directory)
+        return path
+
 def cmd_prepare(args) -> int:
     """Tokenize data sources once, in parallel, into the packed shards `minillm train --data DIR` reads; or, with
     --merge, join the pieces the tasks of a Slurm array prepared."""
@@ -296,7 +305,7 @@ def cmd_prepare(args) -> int:
             raise ValueError("--num-shards and --shard-index go together: task I of K takes --num-shards K --shard-index I")
         if args.num_workers is not None and args.num_workers < 0:
             raise ValueError(f"--num-workers {args.num_workers}: give 0 (tokenize in this process) or more worker processes")
-        info = prepare_sources(args.data, args.tokenizer, args.out, num_workers=args.num_workers,
+        info = prepare_sources(args.data, _tokenizer_source(args.tokenizer), args.out, num_workers=args.num_workers,
                                num_shards=args.num_shards or 1, shard_index=args.shard_index or 0,
                                max_tokens=args.max_tokens, progress=not args.no_progress)
     if "datasets" not in info:  # one task of several: its pieces are ready
@@ -317,8 +326,9 @@ def _add_prepare_parser(sub) -> None:
                                    "are kept, so an interrupted run goes on where it stopped.")
     s.add_argument("--data", nargs="+", metavar="SPEC", help="sources as for train: folders or files (.txt, .jsonl, "
                    ".parquet), 'builtin', hf:NAME or a mixture such as tinyllama; SPEC@WEIGHT mixes")
-    s.add_argument("--tokenizer", metavar="FILE", help="the tokenizer (a minillm BPE file or a SentencePiece "
-                   "tokenizer.model, e.g. Llama 2's); it is kept with the tokens")
+    s.add_argument("--tokenizer", metavar="PATH", help="the tokenizer: a minillm BPE file, a SentencePiece "
+                   "tokenizer.model (e.g. Llama 2's), a folder holding one, or a run or checkpoint folder (the "
+                   "tokenizer it trained with); it is kept with the tokens")
     s.add_argument("--out", metavar="DIR", help="the prepared folder (with --merge: where the merged result goes)")
     s.add_argument("--num-workers", type=int, metavar="N", help="worker processes (default: every core; 0: this "
                    "process only)")

@@ -282,6 +282,14 @@ def test_train_reads_a_prepared_folder_without_its_text(work, tmp_path):
     ckpt = Checkpoint(res.checkpoint)
     assert ckpt.state["loader"]["data"] == [[f"{info['datasets'][0]['fingerprint']}:train", 1.0]]
     assert ckpt.config.vocab_size == Tokenizer.load(work / "tok.bpe.json").vocab_size == 300  # not debug's 512
+    # more data for that run: `minillm prepare --tokenizer RUN` takes the tokenizer the run trained with
+    from minillm.cli import main
+
+    assert main(["prepare", "--data", str(work / "corpus"), "--tokenizer", str(tmp_path / "run"), "--out",
+                 str(tmp_path / "more"), "--num-workers", "0", "--no-progress"]) == 0
+    from minillm.prepare import prepared_tokenizer
+
+    assert prepared_tokenizer((str(tmp_path / "more"),)).fingerprint == Tokenizer.load(work / "tok.bpe.json").fingerprint
 
 
 def _agreement_worker(folders: list) -> list:
