@@ -1,7 +1,6 @@
 """Evaluation checked by code no one here wrote: transformers' LlamaForCausalLM (its own loss) for bits per byte on the
 Hugging Face export of the same checkpoint, lm-evaluation-harness's `hf` model for multiple choice, rolling
 log-likelihoods and generation; plus the command line, bad input, the data/ files and the exercise checks."""
-import importlib.util
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from transformers import LlamaForCausalLM
 
+from exercises import fails, load_solutions, passes
 from minillm import check
 from minillm.cli import main
 from minillm.evaluate import (
@@ -382,15 +382,7 @@ def test_toy_reference_curve_has_the_metrics_columns():
 
 
 # ---------------------------------------------------------------------------------------------- exercise checks
-def _solutions(name):
-    "The worked solutions of one chapter, `solutions/NAME.py` (loaded by path: the name starts with a digit)."
-    spec = importlib.util.spec_from_file_location(f"solutions_{name}", os.path.join(ROOT, "solutions", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-C15 = _solutions("15_evaluate")
+C15 = load_solutions("15_evaluate")
 
 
 def _scores_no_space_move(m, t, c, e):  # encodes the context with its trailing spaces: the seam moves
@@ -418,16 +410,12 @@ EXERCISES_15 = [  # (check, a plausible wrong answer, what its message must name
 
 @pytest.mark.parametrize("name", ["sliding_windows", "bits_per_byte", "choice_scores"])
 def test_check_passes_the_solution(name, capsys):
-    getattr(check, name)(getattr(C15, name))
-    assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
+    passes(name, getattr(C15, name), capsys)
 
 
 @pytest.mark.parametrize("name,wrong,where", EXERCISES_15, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(EXERCISES_15)])
 def test_check_fails_a_wrong_answer(name, wrong, where):
-    with pytest.raises(AssertionError) as e:
-        getattr(check, name)(wrong)
-    assert str(e.value).startswith(f"check.{name}: on "), str(e.value)
-    assert where in str(e.value), str(e.value)
+    fails(name, wrong, where)
 
 
 def test_an_open_exercise_is_not_a_failure(capsys):

@@ -3,7 +3,6 @@ dequantized weights to the bit), llama.cpp's Q4_0 as the gguf package computes i
 `minillm export --quant q4_0` writes); GPTQ against round-to-nearest; the packed checkpoint through quantize, load,
 generate and export; TinyLlama's packed size counted by hand."""
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minillm import check
+from exercises import fails, load_solutions, passes
 from minillm.cli import main
 from minillm.config import LlamaConfig
 from minillm.export import load_for_export, load_gguf
@@ -247,16 +246,7 @@ def test_bad_quantize_input_is_one_line(run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _solutions():
-    "The worked solutions of chapter 17, `solutions/17_quantize.py` (loaded by path)."
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions", "17_quantize.py")
-    spec = importlib.util.spec_from_file_location("solutions_17_quantize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-C17 = _solutions()
+C17 = load_solutions("17_quantize")
 
 EXERCISES_17 = [  # (check, a plausible wrong answer, what its message must name)
     ("quantize_int8", lambda w: (C17.quantize_int8(w)[0], w.abs().amax(1, keepdim=True) / 127),
@@ -272,13 +262,9 @@ EXERCISES_17 = [  # (check, a plausible wrong answer, what its message must name
 
 @pytest.mark.parametrize("name", ["quantize_int8", "quantize_int4", "gptq_quantize"])
 def test_check_passes_the_solution(name, capsys):
-    getattr(check, name)(getattr(C17, name))
-    assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
+    passes(name, getattr(C17, name), capsys)
 
 
 @pytest.mark.parametrize("name,wrong,where", EXERCISES_17, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(EXERCISES_17)])
 def test_check_fails_a_wrong_answer(name, wrong, where):
-    with pytest.raises(AssertionError) as e:
-        getattr(check, name)(wrong)
-    assert str(e.value).startswith(f"check.{name}: on "), str(e.value)
-    assert where in str(e.value), str(e.value)
+    fails(name, wrong, where)

@@ -4,7 +4,6 @@ context limit), sampled in distribution (a chi-square test against the target's 
 `minillm generate` prints."""
 import contextlib
 import copy
-import importlib.util
 import io
 import itertools
 import math
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm import check
+from exercises import fails, load_solutions, passes
 from minillm.cli import main
 from minillm.config import LlamaConfig
 from minillm.generate import generate
@@ -267,16 +266,7 @@ def test_a_draft_for_a_trained_target_is_one_command(tmp_path, monkeypatch, caps
     assert out.out == plain and "acceptance rate" in out.err
 
 
-def _solutions():
-    "The worked solutions of chapter 16, `solutions/16_speculative.py` (loaded by path)."
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solutions", "16_speculative.py")
-    spec = importlib.util.spec_from_file_location("solutions_16_speculative", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-C16 = _solutions()
+C16 = load_solutions("16_speculative")
 
 
 def _always_accept(p, q, drafts, generator=None):  # the draft's law, not the target's
@@ -295,13 +285,9 @@ EXERCISES_16 = [  # (check, a plausible wrong answer, what its message must name
 
 @pytest.mark.parametrize("name", ["expected_tokens_per_call", "residual_distribution", "accept_or_resample"])
 def test_check_passes_the_solution(name, capsys):
-    getattr(check, name)(getattr(C16, name), **({"trials": 5000} if name == "accept_or_resample" else {}))
-    assert capsys.readouterr().out.startswith(f"check.{name}: passed (")
+    passes(name, getattr(C16, name), capsys, **({"trials": 5000} if name == "accept_or_resample" else {}))
 
 
 @pytest.mark.parametrize("name,wrong,where", EXERCISES_16, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(EXERCISES_16)])
 def test_check_fails_a_wrong_answer(name, wrong, where):
-    with pytest.raises(AssertionError) as e:
-        getattr(check, name)(wrong, **({"trials": 5000} if name == "accept_or_resample" else {}))
-    assert str(e.value).startswith(f"check.{name}: on "), str(e.value)
-    assert where in str(e.value), str(e.value)
+    fails(name, wrong, where, **({"trials": 5000} if name == "accept_or_resample" else {}))
